@@ -1,0 +1,172 @@
+"""img2pose's RoI stage: a class branch and a pose branch over the same pooled proposals, and the
+post-processing that turns the pose of each proposal into a face box in the image.
+
+The original pools every proposal twice (identical RoIAlign settings for both branches) and runs
+the pose branch on all of them. Here the proposals are pooled once and the pose branch runs only for
+proposals whose face score can still survive: greedy NMS never lets a lower score suppress a higher
+one, so dropping proposals below the caller's threshold before NMS leaves the detections above it
+unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection.faster_rcnn import TwoMLPHead
+from torchvision.ops import MultiScaleRoIAlign, batched_nms
+
+from . import geometry
+
+__all__ = ["PoseHeadSettings", "ClassPredictor", "PosePredictor", "PoseRoIHeads", "RoIOutputs"]
+
+
+@dataclass
+class PoseHeadSettings:
+    """Post-processing settings of the RoI stage (the original's defaults)."""
+
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    bbox_x_factor: float = 1.1
+    bbox_y_factor: float = 1.1
+    expand_forehead: float = 0.3
+    # The original passes a per-image cap that never takes effect; None keeps that behaviour.
+    max_faces: int | None = None
+
+
+class ClassPredictor(nn.Module):
+    """Face/background logits of each pooled proposal."""
+
+    def __init__(self, in_channels: int = 1024, num_classes: int = 2) -> None:
+        super().__init__()
+        self.cls_score = nn.Linear(in_channels, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.cls_score(x.flatten(start_dim=1))
+
+
+class PosePredictor(nn.Module):
+    """Normalised box-frame pose (6 values per class) of each pooled proposal."""
+
+    def __init__(self, in_channels: int = 1024, num_classes: int = 2, hidden: int = 256) -> None:
+        super().__init__()
+        self.dof_pred = nn.Sequential(
+            nn.Linear(in_channels, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, num_classes * 6),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dof_pred(x.flatten(start_dim=1))
+
+
+@dataclass
+class RoIOutputs:
+    """Detections of one image in the frame of the resized image the network saw."""
+
+    boxes: Tensor  # (K, 4) float32, face boxes derived from the pose
+    scores: Tensor  # (K,) float32
+    dofs: Tensor  # (K, 6) float32, global pose in the resized image's camera
+
+
+class PoseRoIHeads(nn.Module):
+    """The two RoI branches of img2pose and their post-processing (inference)."""
+
+    def __init__(
+        self,
+        pose_mean: Tensor,
+        pose_stddev: Tensor,
+        points_68: Tensor,
+        settings: PoseHeadSettings | None = None,
+        representation_size: int = 1024,
+        out_channels: int = 256,
+    ) -> None:
+        super().__init__()
+        self.settings = settings or PoseHeadSettings()
+        self.roi_pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
+        resolution = self.roi_pool.output_size[0]
+        self.box_head = TwoMLPHead(out_channels * resolution**2, representation_size)
+        self.box_predictor = PosePredictor(representation_size, 2)
+        self.class_head = TwoMLPHead(out_channels * resolution**2, representation_size)
+        self.class_predictor = ClassPredictor(representation_size, 2)
+        # Statistics and reference points are bundle data, not learned weights: kept out of state_dict.
+        self.register_buffer("pose_mean", torch.as_tensor(pose_mean, dtype=torch.float32).reshape(6), persistent=False)
+        self.register_buffer(
+            "pose_stddev", torch.as_tensor(pose_stddev, dtype=torch.float32).reshape(6), persistent=False
+        )
+        self.register_buffer(
+            "points_68", torch.as_tensor(points_68, dtype=torch.float64).reshape(68, 3), persistent=False
+        )
+
+    def forward(
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_shapes: list[tuple[int, int]],
+        threshold: float = 0.0,
+    ) -> list[RoIOutputs]:
+        """Detections per image for ``proposals`` on ``features`` of images of ``image_shapes`` (h, w).
+
+        ``threshold`` is the caller's score threshold: proposals at or below it are dropped before
+        the pose branch runs (the result above it is exactly the same).
+        """
+        pooled = self.roi_pool(features, proposals, image_shapes)
+        scores = F.softmax(self.class_predictor(self.class_head(pooled)), dim=-1)[:, 1]
+
+        counts = [len(p) for p in proposals]
+        device = scores.device
+        image_index = torch.repeat_interleave(torch.arange(len(proposals), device=device), torch.tensor(counts, device=device))
+        shapes = torch.tensor(image_shapes, dtype=torch.int64, device=device).reshape(-1, 2)
+        hw = shapes[image_index]
+        boxes = torch.cat(proposals) if proposals else torch.zeros((0, 4), device=device)
+        boxes = torch.stack(
+            [
+                boxes[:, 0].clamp(min=0).minimum(hw[:, 1].to(boxes.dtype)),
+                boxes[:, 1].clamp(min=0).minimum(hw[:, 0].to(boxes.dtype)),
+                boxes[:, 2].clamp(min=0).minimum(hw[:, 1].to(boxes.dtype)),
+                boxes[:, 3].clamp(min=0).minimum(hw[:, 0].to(boxes.dtype)),
+            ],
+            dim=1,
+        )
+        keep = scores > max(self.settings.score_thresh, float(threshold))
+        wh_box = boxes[:, 2:] - boxes[:, :2]
+        keep &= (wh_box >= 1e-2).all(dim=1)
+        keep_idx = keep.nonzero().squeeze(1)
+
+        dofs = self.box_predictor(self.box_head(pooled[keep_idx]))[:, 6:12]
+        return self.postprocess(dofs, boxes[keep_idx], scores[keep_idx], image_index[keep_idx], hw[keep_idx], len(proposals))
+
+    def postprocess(
+        self,
+        dofs: Tensor,
+        boxes: Tensor,
+        scores: Tensor,
+        image_index: Tensor,
+        image_hw: Tensor,
+        num_images: int,
+    ) -> list[RoIOutputs]:
+        """Pose → image frame → projected face box → NMS, for all candidates of a batch at once."""
+        s = self.settings
+        # De-normalised in float32, as the original does before its float64 geometry.
+        local = dofs.float() * self.pose_stddev + self.pose_mean
+        image_wh = image_hw.flip(-1)
+        global_pose = geometry.pose_box_to_image(local, boxes.float(), image_wh)
+        k = geometry.image_intrinsics(image_wh[:, 0], image_wh[:, 1])
+        lms = geometry.project_points(self.points_68, global_pose, k)
+        face_boxes = geometry.face_box_from_landmarks(
+            lms, global_pose[:, 2], image_wh, s.bbox_x_factor, s.bbox_y_factor, s.expand_forehead
+        ).float()
+        global_pose = global_pose.float()
+
+        keep = batched_nms(face_boxes, scores, image_index, s.nms_thresh)  # sorted by descending score
+        outputs = []
+        kept_image = image_index[keep]
+        for i in range(num_images):
+            mine = keep[kept_image == i]
+            if s.max_faces is not None:
+                mine = mine[: s.max_faces]
+            outputs.append(RoIOutputs(face_boxes[mine], scores[mine], global_pose[mine]))
+        return outputs
