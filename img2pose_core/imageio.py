@@ -1,0 +1,166 @@
+"""Decoding untrusted image bytes into RGB arrays, with a status for everything that can go wrong.
+
+Each failure is an :class:`ImageDecodeError` whose ``status`` is a short, stable class that the jobs
+write into their tables:
+
+- ``not_an_image``: the bytes are no image format Pillow knows (text, HTML, zero bytes ...);
+- ``too_large``: the declared size exceeds the pixel budget (checked *before* decoding, so a
+  decompression bomb never allocates its pixels);
+- ``corrupt``: a known format whose data is truncated or damaged;
+- ``unsupported``: a valid image in a pixel mode that has no sensible RGB meaning;
+- ``unreadable``: the bytes could not be read at all (I/O error, missing file).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["DEFAULT_MAX_PIXELS", "ImageDecodeError", "DecodedImage", "decode_image", "read_image_file", "to_rgb_array"]
+
+# 100 megapixels: far above any photograph a face model is useful on, far below what exhausts a worker.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+class ImageDecodeError(Exception):
+    """An image that cannot be used; ``status`` is its short error class."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class DecodedImage:
+    """An RGB image (uint8, height x width x 3) as the model sees it: EXIF orientation applied."""
+
+    pixels: np.ndarray
+    format: str | None
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+
+def to_rgb_array(image: Image.Image) -> np.ndarray:
+    """RGB uint8 pixels of any Pillow image: 16-bit and float greys scaled, palettes and alpha flattened."""
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        grey = np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if mode == "F":
+        arr = np.asarray(image, dtype=np.float64)
+        scale = 255.0 if np.nanmax(arr, initial=0.0) <= 1.0 else 1.0
+        grey = np.clip(np.nan_to_num(arr) * scale + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    # Alpha is dropped, not composited: the authors feed Image.convert("RGB") to the network.
+    return np.asarray(image.convert("RGB"))
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode ``data`` to RGB with EXIF orientation applied; the first frame of an animation.
+
+    Raises :class:`ImageDecodeError` with a status (see the module docstring) on any failure.
+    """
+    if not data:
+        raise ImageDecodeError("not_an_image", "empty file (0 bytes)")
+    with warnings.catch_warnings():
+        # Pillow warns (and at 2x errors) on big images by its own global limit; ours is explicit.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            known = _magic_format(data)
+            if known:  # the signature of a real format whose header Pillow could not parse
+                raise ImageDecodeError("corrupt", f"{known} signature but an unreadable header") from None
+            raise ImageDecodeError("not_an_image", f"not a recognised image format ({_sniff(data)})") from None
+        except Image.DecompressionBombError as exc:
+            raise ImageDecodeError("too_large", f"declared size is a decompression bomb: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - any parser failure of untrusted bytes is a status
+            raise ImageDecodeError("corrupt", f"cannot parse image header: {_describe(exc)}") from None
+        with image:
+            width, height = image.size
+            if width <= 0 or height <= 0:
+                raise ImageDecodeError("corrupt", f"invalid declared size {width}x{height}")
+            if width * height > max_pixels:
+                raise ImageDecodeError(
+                    "too_large",
+                    f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}",
+                )
+            fmt = image.format
+            try:
+                if getattr(image, "n_frames", 1) > 1:
+                    image.seek(0)
+                image.load()
+                oriented = ImageOps.exif_transpose(image)
+                pixels = to_rgb_array(oriented)
+            except Image.DecompressionBombError as exc:
+                raise ImageDecodeError("too_large", f"decompression bomb: {exc}") from None
+            except MemoryError:
+                raise ImageDecodeError("too_large", f"{width}x{height} image does not fit in memory") from None
+            except (ValueError, TypeError, KeyError) as exc:
+                raise ImageDecodeError("unsupported", f"{fmt} image in mode {image.mode}: {_describe(exc)}") from None
+            except Exception as exc:  # noqa: BLE001 - OSError for truncation, SyntaxError, struct.error ...
+                raise ImageDecodeError("corrupt", f"{fmt} data is damaged: {_describe(exc)}") from None
+    return DecodedImage(np.ascontiguousarray(pixels), fmt)
+
+
+def read_image_file(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Read and decode a local image file (see :func:`decode_image`); unreadable files get ``unreadable``."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageDecodeError("unreadable", f"cannot read {path}: {exc.strerror or exc}") from None
+    return decode_image(data, max_pixels=max_pixels)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+_MAGIC = [
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+]
+
+
+def _magic_format(data: bytes) -> str | None:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    for magic, name in _MAGIC:
+        if data.startswith(magic):
+            return name
+    return None
+
+
+def _sniff(data: bytes) -> str:
+    head = data[:64].lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html")):
+        return "looks like HTML"
+    if head.startswith(b"<?xml") or head.startswith(b"<svg"):
+        return "looks like XML/SVG, which is not supported"
+    try:
+        data[:256].decode("utf-8")
+        return "looks like text"
+    except UnicodeDecodeError:
+        return f"{len(data)} bytes of unknown binary data"

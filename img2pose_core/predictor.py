@@ -1,0 +1,263 @@
+"""Batched img2pose inference on lists of images of any sizes, with every face's derived geometry.
+
+The network runs in batches of images of similar aspect ratio (little padding) under
+``torch.inference_mode``; all per-face geometry (angles, landmarks, alignment) is then computed for the
+whole batch at once in float64.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from . import alignment, geometry
+from .model import Img2Pose
+
+__all__ = ["ImageFaces", "Predictor", "resolve_device", "resized_size"]
+
+ImageInput = np.ndarray | Image.Image | Tensor
+
+_MODEL_CACHE: dict[tuple, Img2Pose] = {}
+_MODEL_CACHE_LOCK = threading.Lock()
+
+
+@dataclass
+class ImageFaces:
+    """The faces found in one image, as columns (K faces). Coordinates are pixels of the input image.
+
+    ``poses`` are img2pose's global poses (rotation vector, translation) exactly as the authors' model
+    gives them: for the camera of the resized image the network saw (``network_size``), which is the
+    camera of the input image (focal w + h, centre (w // 2, h // 2)) up to the rounding of the resize.
+    ``landmarks_5`` / ``landmarks_68`` are projected in the network's camera and scaled to input pixels,
+    so they agree with the boxes exactly.
+    """
+
+    width: int
+    height: int
+    network_size: tuple[int, int]  # (width, height) of the resized image
+    scores: np.ndarray  # (K,)
+    boxes: np.ndarray  # (K, 4) x1, y1, x2, y2
+    poses: np.ndarray  # (K, 6) rx, ry, rz, tx, ty, tz
+    yaw_pitch_roll: np.ndarray  # (K, 3) degrees
+    landmarks_5: np.ndarray  # (K, 5, 2)
+    align_matrices: np.ndarray  # (K, 2, 3) image -> crop
+    landmarks_68: np.ndarray | None = None  # (K, 68, 2) on request
+    # Why the network did not run on the image (e.g. it resizes to zero pixels); None when it ran.
+    skipped: str | None = None
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    @classmethod
+    def empty(cls, width: int, height: int, network_size: tuple[int, int], skipped: str | None = None) -> "ImageFaces":
+        """No faces in a ``width x height`` image."""
+        z = np.zeros
+        return cls(width, height, network_size, z(0, np.float32), z((0, 4), np.float32), z((0, 6)), z((0, 3)),
+                   z((0, 5, 2)), z((0, 2, 3)), None, skipped)  # fmt: skip
+
+    def to_json(self) -> list[dict[str, Any]]:
+        """The faces as JSON-ready dicts (``score``, ``box``, ``pose``, ``yaw``, ``pitch``, ``roll`` ...)."""
+        faces = []
+        for i in range(len(self)):
+            face = {
+                "score": float(self.scores[i]),
+                "box": [float(v) for v in self.boxes[i]],
+                "pose": [float(v) for v in self.poses[i]],
+                "yaw": float(self.yaw_pitch_roll[i, 0]),
+                "pitch": float(self.yaw_pitch_roll[i, 1]),
+                "roll": float(self.yaw_pitch_roll[i, 2]),
+                "landmarks_5": self.landmarks_5[i].round(3).tolist(),
+            }
+            if self.landmarks_68 is not None:
+                face["landmarks_68"] = self.landmarks_68[i].round(3).tolist()
+            faces.append(face)
+        return faces
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` → CUDA when available, else CPU; an explicit CUDA request without a GPU is an error."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but no CUDA GPU is available; use --device cpu or auto")
+    return dev
+
+
+def resized_size(width: int, height: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """(width, height) the network's transform resizes a ``width x height`` image to."""
+    scale = min(min_size / min(width, height), max_size / max(width, height))
+    # interpolate(recompute_scale_factor=True) floors size * scale.
+    return int(math.floor(width * scale)), int(math.floor(height * scale))
+
+
+def _to_chw_float(image: ImageInput) -> Tensor:
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=2)
+        if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
+            raise ValueError(f"expected an RGB uint8 array of shape (H, W, 3), got {image.dtype} {image.shape}")
+        t = torch.from_numpy(np.ascontiguousarray(image[..., :3])).permute(2, 0, 1)
+        return t
+    if isinstance(image, Tensor):
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"expected a tensor of shape (3, H, W), got {tuple(image.shape)}")
+        return image
+    raise TypeError(f"unsupported image type {type(image).__name__}; pass a numpy array, PIL image or tensor")
+
+
+class Predictor:
+    """img2pose on a device, loaded once per process and bundle.
+
+    ``precision`` ``"bf16"``/``"fp16"`` autocasts the network on CUDA; the pose geometry always runs in
+    float64. ``threshold`` keeps faces scoring above it (it also skips the pose branch below it).
+    """
+
+    def __init__(
+        self,
+        bundle,
+        *,
+        device: str | torch.device | None = "auto",
+        precision: str = "fp32",
+        min_size: int | None = None,
+        max_size: int | None = None,
+        threshold: float | None = None,
+        max_faces: int | None = None,
+        rpn_pre_nms_top_n: int | None = None,
+        rpn_post_nms_top_n: int | None = None,
+        crop_size: int = 112,
+        align_mode: str = "pose",
+        landmarks_68: bool = False,
+        batch_size: int = 8,
+    ) -> None:
+        from .bundle import Bundle, open_bundle
+
+        self.bundle: Bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle)
+        self.device = resolve_device(device)
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be fp32, bf16 or fp16, not {precision!r}")
+        if precision != "fp32" and self.device.type != "cuda":
+            precision = "fp32"  # CPU autocast is slower than fp32 for this network
+        self.precision = precision
+        alignment.template_for(crop_size, align_mode)  # validates the pair early
+        self.crop_size, self.align_mode, self.landmarks_68 = crop_size, align_mode, landmarks_68
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        self.batch_size = batch_size
+        s = self.bundle.settings
+        self.settings = {
+            "min_size": min_size or s.min_size,
+            "max_size": max_size or s.max_size,
+            "rpn_pre_nms_top_n": rpn_pre_nms_top_n or s.rpn_pre_nms_top_n,
+            "rpn_post_nms_top_n": rpn_post_nms_top_n or s.rpn_post_nms_top_n,
+            "max_faces": max_faces if max_faces is not None else s.max_faces,
+        }
+        if self.settings["min_size"] < 32 or self.settings["max_size"] < self.settings["min_size"]:
+            raise ValueError(f"need 32 <= min_size <= max_size, got {self.settings['min_size']}/{self.settings['max_size']}")
+        self.threshold = float(threshold if threshold is not None else s.threshold)
+        if not 0.0 <= self.threshold < 1.0:
+            raise ValueError(f"threshold must be in [0, 1), not {self.threshold}")
+        self.model = self._load_model()
+        self._points_5 = torch.as_tensor(self.bundle.points_5, dtype=torch.float64, device=self.device)
+        self._points_68 = torch.as_tensor(self.bundle.points_68, dtype=torch.float64, device=self.device)
+
+    @property
+    def model_sha256(self) -> str:
+        return self.bundle.model_sha256
+
+    def _load_model(self) -> Img2Pose:
+        key = (self.bundle.model_sha256, str(self.bundle.root), str(self.device), tuple(sorted(self.settings.items())))
+        with _MODEL_CACHE_LOCK:
+            model = _MODEL_CACHE.get(key)
+            if model is None:
+                model = self.bundle.build_model(**self.settings).to(self.device).eval()
+                _MODEL_CACHE[key] = model
+        return model
+
+    def predict(self, images: Sequence[ImageInput], *, batch_size: int | None = None) -> list[ImageFaces]:
+        """Faces of each image, in input order. Images of similar shape share a batch."""
+        tensors = [_to_chw_float(img) for img in images]
+        size = batch_size or self.batch_size
+        # Batch images of similar aspect ratio together so the padded batch wastes little.
+        results: list[ImageFaces | None] = [None] * len(tensors)
+        runnable = []
+        lo, hi = self.settings["min_size"], self.settings["max_size"]
+        for i, t in enumerate(tensors):
+            h, w = int(t.shape[1]), int(t.shape[2])
+            net = resized_size(w, h, lo, hi)
+            if min(net) < 1:
+                reason = f"{w}x{h} image resizes to {net[0]}x{net[1]} px at min_size {lo} / max_size {hi}"
+                results[i] = ImageFaces.empty(w, h, net, reason)
+            else:
+                runnable.append(i)
+        order = sorted(runnable, key=lambda i: tensors[i].shape[2] / tensors[i].shape[1])
+        for start in range(0, len(order), size):
+            chunk = order[start : start + size]
+            for i, faces in zip(chunk, self._predict_batch([tensors[i] for i in chunk])):
+                results[i] = faces
+        return results  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _predict_batch(self, images: list[Tensor]) -> list[ImageFaces]:
+        cuda = self.device.type == "cuda"
+        batch = []
+        for img in images:
+            if cuda and not img.is_cuda:
+                img = img.pin_memory().to(self.device, non_blocking=True)
+            else:
+                img = img.to(self.device)
+            batch.append(img.float().div_(255.0) if img.dtype == torch.uint8 else img.float())
+        if self.precision == "fp32":
+            detections = self.model(batch, threshold=self.threshold)
+        else:
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+            with torch.autocast("cuda", dtype=dtype):
+                detections = self.model(batch, threshold=self.threshold)
+        return self._describe_faces(detections)
+
+    def _describe_faces(self, detections) -> list[ImageFaces]:
+        """Angles, landmarks and alignment for every face of the batch in one vectorised pass."""
+        counts = [len(d.scores) for d in detections]
+        dev = self.device
+        poses = torch.cat([d.dofs for d in detections]).to(dev, torch.float64) if detections else torch.zeros(0, 6)
+        net_wh = torch.tensor([[d.resized_hw[1], d.resized_hw[0]] for d in detections], dtype=torch.int64, device=dev)
+        orig_wh = torch.tensor([[d.original_hw[1], d.original_hw[0]] for d in detections], dtype=torch.float64, device=dev)
+        index = torch.repeat_interleave(torch.arange(len(detections), device=dev), torch.tensor(counts, device=dev))
+        face_net_wh = net_wh[index]
+        k = geometry.image_intrinsics(face_net_wh[:, 0], face_net_wh[:, 1])
+        scale = (orig_wh / net_wh.to(torch.float64))[index][:, None, :]
+        lms5 = geometry.project_points(self._points_5, poses, k) * scale
+        lms68 = geometry.project_points(self._points_68, poses, k) * scale if self.landmarks_68 else None
+        angles = geometry.rotvec_to_yaw_pitch_roll(poses[:, :3])
+        matrices, _ = alignment.align_matrix(lms5, self.crop_size, self.align_mode)
+
+        def split(t: Tensor | None):
+            return [None] * len(counts) if t is None else [x.cpu().numpy() for x in torch.split(t, counts)]
+
+        per = zip(detections, split(poses), split(angles), split(lms5), split(matrices), split(lms68))
+        out = []
+        for d, pose, ang, l5, mat, l68 in per:
+            out.append(
+                ImageFaces(
+                    width=d.original_hw[1],
+                    height=d.original_hw[0],
+                    network_size=(d.resized_hw[1], d.resized_hw[0]),
+                    scores=d.scores.float().cpu().numpy(),
+                    boxes=d.boxes.float().cpu().numpy(),
+                    poses=pose,
+                    yaw_pitch_roll=ang,
+                    landmarks_5=l5,
+                    align_matrices=mat,
+                    landmarks_68=l68,
+                )
+            )
+        return out

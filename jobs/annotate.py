@@ -1,0 +1,153 @@
+"""Annotate every face of an image corpus with img2pose: Parquet ``faces`` and ``images`` tables.
+
+Locally:      python jobs/annotate.py --input DIR_OR_URL --output DIR_OR_URL [--bundle B]
+On a cluster: ray job submit --working-dir . -- python jobs/annotate.py --input s3://... --output s3://...
+
+See ``--help`` for every flag, docs/schema.md for the tables and README.md for examples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script (python jobs/annotate.py): make the repository root importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+__all__ = ["build_parser", "parse_args", "main", "new_run_id"]
+
+
+def _concurrency(text: str) -> tuple[int, int]:
+    parts = text.split(",")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or MIN,MAX (integers), got {text!r}") from None
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or values[0] < 1 or values[1] < values[0]:
+        raise argparse.ArgumentTypeError(f"expected N or MIN,MAX with 1 <= MIN <= MAX, got {text!r}")
+    return values[0], values[1]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a value in [0, 1), got {value}")
+    return value
+
+
+def _gpus(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of GPUs, got {text!r}") from None
+    if value < 0 or (value > 1 and value != int(value)):
+        raise argparse.ArgumentTypeError(f"expected 0, a fraction of one GPU, or a whole number, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The job's flags: the one definition, also used to check cluster manifests."""
+    p = argparse.ArgumentParser(
+        prog="annotate.py",
+        description=(
+            "Find every face in a corpus of images with img2pose and write Parquet tables: faces/ (one row "
+            "per face: box, 6DoF pose, yaw/pitch/roll, 5 landmarks, alignment), images/ (one row per input "
+            "image with its status) and runs/<run_id>.json (the run's manifest)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    io_ = p.add_argument_group("input and output")
+    io_.add_argument(
+        "--input", action="append", required=True, metavar="URI",
+        help="repeatable. A folder or prefix of images (recursive), a glob (s3://b/x/*.jpg), a WebDataset "
+        ".tar shard, or a .parquet/.csv manifest with a column of image URLs (see --url-column). Local "
+        "paths, s3://, gs://, https:// or any fsspec URL",
+    )  # fmt: skip
+    io_.add_argument("--url-column", default="url", help="column of image URLs in manifest inputs")
+    io_.add_argument(
+        "--output", required=True, metavar="URI",
+        help="folder or prefix for faces/, images/, runs/ (and crops/); must not be inside an input",
+    )  # fmt: skip
+    io_.add_argument("--s3-endpoint-url", default=None, help="S3-compatible endpoint (MinIO, Ceph); default $AWS_ENDPOINT_URL")
+    io_.add_argument("--skip-existing", action="store_true", help="skip inputs that already have an 'ok' row in OUTPUT/images (resume / nightly increments)")
+    io_.add_argument("--run-id", default=None, help="name of this run (default: UTC time + random suffix)")
+    io_.add_argument("--crops", type=int, choices=[112, 224], default=None, help="also write aligned face crops of this size as JPEG under OUTPUT/crops/")
+    io_.add_argument("--align", choices=["pose", "arcface"], default="pose", help="alignment templates: img2pose's five pose-dependent ones, or the single ArcFace one (112 only)")
+    io_.add_argument("--rows-per-file", type=_positive_int, default=5000, help="target images per Parquet file")
+
+    m = p.add_argument_group("model")
+    m.add_argument("--bundle", default=None, help="model bundle folder or URL (default: $IMG2POSE_BUNDLE, else the official bundle, fetched on first use)")
+    m.add_argument("--min-size", type=_positive_int, default=None, help="short side after resize (default: the bundle's)")
+    m.add_argument("--max-size", type=_positive_int, default=None, help="cap of the long side after resize (default: the bundle's)")
+    m.add_argument("--threshold", type=_fraction, default=0.8, help="keep faces scoring above this")
+    m.add_argument("--max-faces", type=_positive_int, default=None, help="keep at most this many faces per image (highest scores)")
+    m.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast on GPU")
+    m.add_argument("--max-pixels", type=_positive_int, default=100_000_000, help="refuse images declaring more pixels, before decoding")
+
+    r = p.add_argument_group("resources")
+    r.add_argument("--batch-size", type=_positive_int, default=None, help="images per model call (default 16 on GPU, 4 on CPU)")
+    r.add_argument("--num-gpus-per-actor", type=_gpus, default=None, help="GPUs per model actor, fractions allowed (default: 1 if the cluster has GPUs, else 0 = CPU)")
+    r.add_argument("--concurrency", type=_concurrency, default=None, metavar="MIN,MAX", help="model actors (autoscaling between MIN and MAX); default: one per GPU, or 1 on CPU")
+    r.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved by each model actor")
+    r.add_argument("--torch-threads", type=_positive_int, default=None, help="threads of each CPU model actor (default: the node's CPUs / actors)")
+    r.add_argument("--sources-per-task", type=_positive_int, default=16, help="files (or tar shards) read and decoded per CPU task")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and cross-check the flags (no I/O)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.align == "arcface" and args.crops == 224:
+        parser.error("--align arcface defines 112 px crops only; use --crops 112 or --align pose")
+    if args.min_size and args.max_size and args.max_size < args.min_size:
+        parser.error(f"--max-size {args.max_size} is below --min-size {args.min_size}")
+    if args.run_id is not None and not _safe_name(args.run_id):
+        parser.error("--run-id may hold only letters, digits, '-', '_' and '.'")
+    return args
+
+
+def _safe_name(text: str) -> bool:
+    return bool(text) and all(c.isalnum() or c in "-_." for c in text) and not text.startswith(".")
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+def _fail(message: str) -> int:
+    print(f"annotate.py: error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from jobs.run import JobError, run_job
+
+    try:
+        return run_job(args)
+    except JobError as exc:
+        return _fail(str(exc))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""Running the annotation job: checks before any work, the Ray Data pipeline, summary and manifest."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+from importlib import metadata
+
+import numpy as np
+
+from .inputs import InputError, InputSpec, is_inside, list_prefix, split_prefix, validate_inputs
+from .schema import SCHEMA_VERSION
+from .storage import StorageConfig, join_uri
+
+__all__ = ["JobError", "run_job", "check_output", "read_done_digests"]
+
+
+class JobError(RuntimeError):
+    """A reason to stop before (or instead of) doing the work, with what to fix."""
+
+
+def _log(message: str) -> None:
+    print(f"[annotate] {message}", file=sys.stderr, flush=True)
+
+
+def check_output(output: str, specs: list[InputSpec], storage: StorageConfig) -> None:
+    """The output must not lie inside an input, and must be writable (a probe file is written)."""
+    for spec in specs:
+        base = spec.uri
+        if spec.kind == "glob":
+            base = base.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0].rsplit("/", 1)[0]
+        if spec.kind in ("prefix", "glob") and is_inside(output, base):
+            raise JobError(f"--output {output} is inside --input {spec.uri}: the job would read its own output")
+    probe = join_uri(output, "runs", f".write-probe-{uuid.uuid4().hex}")
+    try:
+        storage.write_bytes(probe, b"probe")
+        storage.delete(probe)
+    except Exception as exc:  # noqa: BLE001 - permissions, missing bucket, read-only mount ...
+        raise JobError(f"--output {output} is not writable ({type(exc).__name__}: {exc})") from exc
+
+
+def read_done_digests(output: str, storage: StorageConfig) -> np.ndarray:
+    """Sorted digests of every image URI with an ``ok`` row in OUTPUT/images (any run)."""
+    import pyarrow.dataset as ds
+
+    from .stages import uri_digest
+
+    fs, root = storage.fs(output)
+    images_root = f"{root.rstrip('/')}/images"
+    if not fs.exists(images_root):
+        return np.zeros(0, dtype="S16")
+    dataset = ds.dataset(images_root, filesystem=fs, format="parquet", partitioning="hive", exclude_invalid_files=True)
+    table = dataset.to_table(columns=["image_uri"], filter=ds.field("status") == "ok")
+    digests = np.array([uri_digest(u) for u in table["image_uri"].to_pylist()], dtype="S16")
+    return np.unique(digests)
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in ("img2pose-ray", "torch", "torchvision", "ray", "pyarrow", "numpy", "pillow", "fsspec", "s3fs"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _sources_dataset(specs: list[InputSpec], storage: StorageConfig, url_column: str):
+    """One Ray dataset of ``{source_uri, kind}`` rows for all inputs; prefixes listed in parallel tasks."""
+    import ray.data
+
+    datasets = []
+    direct: list[dict] = []
+    subprefixes: list[str] = []
+    for spec in specs:
+        if spec.kind == "manifest":
+            datasets.append(_manifest_dataset(spec, storage, url_column))
+            continue
+        rows, subdirs = split_prefix(spec, storage)
+        direct.extend(rows)
+        subprefixes.extend(subdirs)
+    if direct:
+        datasets.append(ray.data.from_items(direct))
+    if subprefixes:
+        listing = ray.data.from_items([{"prefix": p} for p in subprefixes], override_num_blocks=len(subprefixes))
+        datasets.append(listing.flat_map(lambda row: list(list_prefix(row["prefix"], storage)), num_cpus=0.25))
+    first, *rest = datasets
+    return first.union(*rest) if rest else first
+
+
+def _manifest_dataset(spec: InputSpec, storage: StorageConfig, url_column: str):
+    import ray.data
+
+    fs, path = storage.fs(spec.uri)
+    base = spec.uri.rsplit("/", 1)[0]
+    if spec.uri.lower().endswith(".parquet"):
+        ds = ray.data.read_parquet(path, filesystem=fs, columns=[url_column])
+    else:
+        ds = ray.data.read_csv(path, filesystem=fs)
+
+    def to_sources(batch: dict) -> dict:
+        uris = []
+        for u in batch[url_column]:
+            u = "" if u is None else str(u).strip()
+            # Relative entries are relative to the manifest's own folder.
+            uris.append(u if ("://" in u or u.startswith("/") or not u) else f"{base}/{u}")
+        kinds = ["tar" if u.lower().endswith(".tar") else "file" for u in uris]
+        return {"source_uri": np.array(uris, dtype=object), "kind": np.array(kinds, dtype=object)}
+
+    return ds.map_batches(to_sources, batch_format="numpy", batch_size=4096)
+
+
+def run_job(args: argparse.Namespace) -> int:
+    """Validate everything, then run the pipeline; returns the process exit code."""
+    from img2pose_core.bundle import BundleError, resolve_bundle
+
+    from .annotate import new_run_id
+
+    started_wall = datetime.now(timezone.utc)
+    storage = StorageConfig.from_args(args.s3_endpoint_url)
+    output = args.output.rstrip("/") if args.output not in ("/",) else args.output
+    if "://" not in output:
+        output = os.path.abspath(output)
+    try:
+        specs = validate_inputs(args.input, storage, args.url_column)
+    except InputError as exc:
+        raise JobError(str(exc)) from exc
+    check_output(output, specs, storage)
+    try:
+        bundle = resolve_bundle(args.bundle)
+    except BundleError as exc:
+        raise JobError(str(exc)) from exc
+    run_id = args.run_id or new_run_id()
+
+    import ray
+
+    from .sink import AnnotationSink, remove_orphans
+    from .stages import CropStage, LoadSettings, ModelStage
+
+    ray.init(ignore_reinit_error=True, logging_level="WARNING", log_to_driver=True)
+    resources = ray.cluster_resources()
+    gpus_in_cluster = float(resources.get("GPU", 0))
+    gpus_per_actor = args.num_gpus_per_actor
+    if gpus_per_actor is None:
+        gpus_per_actor = 1.0 if gpus_in_cluster >= 1 else 0.0
+    if gpus_per_actor > 0 and gpus_in_cluster == 0:
+        _log("warning: --num-gpus-per-actor > 0 but the cluster has no GPU now; actors wait for GPU nodes to join")
+    on_gpu = gpus_per_actor > 0
+    if args.concurrency:
+        pool_min, pool_max = args.concurrency
+    elif on_gpu:
+        pool_min = pool_max = max(1, int(gpus_in_cluster / gpus_per_actor)) if gpus_in_cluster else 1
+    else:
+        pool_min = pool_max = 1
+    batch_size = args.batch_size or (16 if on_gpu else 4)
+    torch_threads = None
+    if not on_gpu:
+        cpus = int(resources.get("CPU", os.cpu_count() or 1))
+        torch_threads = args.torch_threads or max(1, cpus // max(pool_max, 1))
+
+    removed = remove_orphans(output, storage, log=_log)
+    done = read_done_digests(output, storage) if args.skip_existing else None
+    if done is not None:
+        _log(f"--skip-existing: {len(done)} images already have an ok row")
+
+    settings = bundle.settings
+    predictor_kwargs = {
+        "device": "cuda" if on_gpu else "cpu",
+        "precision": args.precision,
+        "min_size": args.min_size or settings.min_size,
+        "max_size": args.max_size or settings.max_size,
+        "threshold": args.threshold,
+        "max_faces": args.max_faces,
+        "crop_size": args.crops or 112,
+        "align_mode": args.align,
+        "batch_size": batch_size,
+    }
+    bundle_files = None
+    bundle_uri = str(bundle.uri)
+    if "://" not in bundle_uri or bundle_uri.startswith("file://"):
+        # A local bundle may not exist on other nodes: ship its files through the object store.
+        bundle_files = {p.name: p.read_bytes() for p in bundle.root.iterdir() if p.is_file() and not p.name.startswith(".")}
+
+    _log(
+        f"run {run_id}: {len(specs)} input(s) -> {output}; model {bundle.model_sha256[:12]} "
+        f"({'GPU x%g' % gpus_per_actor if on_gpu else 'CPU'}, actors {pool_min}..{pool_max}, batch {batch_size}, "
+        f"min/max size {predictor_kwargs['min_size']}/{predictor_kwargs['max_size']}, threshold {args.threshold})"
+    )
+    load = LoadSettings(storage=storage, max_pixels=args.max_pixels, keep_bytes=bool(args.crops))
+    done_ref = ray.put(done) if done is not None else None
+    ds = _sources_dataset(specs, storage, args.url_column)
+    ds = ds.map_batches(
+        _load_udf, fn_kwargs={"settings": load, "done": done_ref}, batch_size=args.sources_per_task,
+        batch_format="numpy", num_cpus=1,
+    )  # fmt: skip
+    ds = ds.map_batches(
+        ModelStage,
+        fn_constructor_kwargs={
+            "bundle_uri": bundle_uri, "bundle_files": bundle_files, "model_sha256": bundle.model_sha256,
+            "predictor_kwargs": predictor_kwargs, "torch_threads": torch_threads,
+        },
+        compute=ray.data.ActorPoolStrategy(min_size=pool_min, max_size=pool_max, max_tasks_in_flight_per_actor=2),
+        batch_size=batch_size, batch_format="numpy", num_gpus=gpus_per_actor or None, num_cpus=args.cpus_per_actor,
+    )  # fmt: skip
+    if args.crops:
+        ds = ds.map_batches(CropStage(output, storage, args.crops), batch_format="pyarrow", num_cpus=1, batch_size=64)
+    sink = AnnotationSink(output, storage, run_id, bundle.model_sha256, rows_per_file=args.rows_per_file)
+    t0 = time.perf_counter()
+    ds.write_datasink(sink)
+    elapsed = time.perf_counter() - t0
+    totals = sink.totals
+    statuses = totals["statuses"]
+    images = sum(statuses.values())
+    manifest = {
+        "run_id": run_id,
+        "schema_version": SCHEMA_VERSION,
+        "started_at": started_wall.isoformat(),
+        "ended_at": datetime.now(timezone.utc).isoformat(),
+        "duration_s": round(elapsed, 3),
+        "arguments": {k: v for k, v in vars(args).items()},
+        "inputs": [{"uri": s.uri, "kind": s.kind} for s in specs],
+        "output": output,
+        "bundle": {"uri": bundle_uri, "name": bundle.name, "model_sha256": bundle.model_sha256, "license": bundle.license},
+        "model": {k: v for k, v in predictor_kwargs.items()},
+        "resources": {"gpus_per_actor": gpus_per_actor, "actors": [pool_min, pool_max], "torch_threads": torch_threads},
+        "versions": _versions(),
+        "counts": {
+            "images": images, "by_status": statuses, "faces": totals["faces"], "skipped": totals["skipped"],
+            "files": totals["files"], "orphans_removed": removed,
+        },
+        "images_per_s": round(images / elapsed, 3) if elapsed > 0 else None,
+    }  # fmt: skip
+    storage.write_bytes(join_uri(output, "runs", f"{run_id}.json"), json.dumps(manifest, indent=2, default=str).encode())
+    _print_summary(manifest)
+    return 0
+
+
+def _load_udf(batch, settings, done):
+    """Ray task body of the load stage (``done`` may arrive as an object reference)."""
+    import ray
+
+    from .stages import load_images
+
+    digests = ray.get(done) if isinstance(done, ray.ObjectRef) else done
+    yield from load_images(batch, settings, digests)
+
+
+def _print_summary(manifest: dict) -> None:
+    c = manifest["counts"]
+    by_status = ", ".join(f"{k} {v}" for k, v in sorted(c["by_status"].items(), key=lambda kv: (kv[0] != "ok", kv[0])))
+    lines = [
+        f"run {manifest['run_id']} done in {manifest['duration_s']:.1f} s",
+        f"  images   {c['images']} ({by_status or 'none'})" + (f", skipped {c['skipped']} already done" if c["skipped"] else ""),
+        f"  faces    {c['faces']}",
+        f"  speed    {manifest['images_per_s']} images/s",
+        f"  output   {manifest['output']} (faces/, images/ under run_id={manifest['run_id']}; runs/{manifest['run_id']}.json)",
+    ]  # fmt: skip
+    print("\n".join(lines), flush=True)

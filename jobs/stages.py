@@ -1,0 +1,323 @@
+"""The stages of the annotation pipeline, each a Ray Data UDF: load (read + decode), model, crops.
+
+Rows between stages are one per image. The load stage emits every input image with a ``status``;
+the model stage replaces pixels by the faces (an Arrow list of structs per image) so that only small
+rows travel on; the optional crops stage cuts aligned crops on CPU from the original bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from img2pose_core.imageio import ImageDecodeError, decode_image
+
+from .inputs import IMAGE_EXTENSIONS
+from .schema import FACES_SCHEMA
+from .storage import StorageConfig, join_uri
+
+__all__ = [
+    "LoadSettings",
+    "load_images",
+    "ModelStage",
+    "CropStage",
+    "FACE_FIELDS",
+    "FACE_STRUCT",
+    "uri_digest",
+    "object_column",
+]
+
+# Per-face columns carried inside the per-image ``faces`` list (the faces table adds the image's own).
+FACE_FIELDS = [
+    f for f in FACES_SCHEMA if f.name not in ("run_id", "image_uri", "image_sha256", "model_sha256")
+]
+FACE_STRUCT = pa.struct(FACE_FIELDS)
+_EMPTY = np.zeros((0, 0, 3), np.uint8)
+
+
+def uri_digest(uri: str) -> bytes:
+    """16-byte digest of an image URI: the key of the skip-existing set (collisions ~2^-64 at 1e9 URIs)."""
+    return hashlib.blake2b(uri.encode("utf-8"), digest_size=16).digest()
+
+
+def object_column(values: list) -> np.ndarray:
+    """A 1-D object array holding ``values`` as they are (numpy would stack equal-shaped arrays)."""
+    out = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):
+        out[i] = v
+    return out
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    storage: StorageConfig
+    max_pixels: int
+    keep_bytes: bool  # the crops stage re-decodes the original bytes
+    rows_per_batch: int = 16
+
+
+def _row(uri: str, status: str, error: str | None = None, data: bytes | None = None) -> dict:
+    return {"image_uri": uri, "status": status, "error": error, "data": data}
+
+
+def _decode_rows(rows: list[dict], settings: LoadSettings) -> dict[str, np.ndarray]:
+    uris, shas, widths, heights, statuses, errors, pixels, datas = [], [], [], [], [], [], [], []
+    for r in rows:
+        data = r.get("data")
+        sha = hashlib.sha256(data).hexdigest() if data is not None else None
+        px, status, error = _EMPTY, r["status"], r["error"]
+        if status == "pending":
+            try:
+                img = decode_image(data, max_pixels=settings.max_pixels)
+                px, status = img.pixels, "ok"
+            except ImageDecodeError as exc:
+                status, error = exc.status, exc.message
+        uris.append(r["image_uri"])
+        shas.append(sha)
+        widths.append(px.shape[1] if status == "ok" else -1)
+        heights.append(px.shape[0] if status == "ok" else -1)
+        statuses.append(status)
+        errors.append(error)
+        pixels.append(px)
+        datas.append(data if (settings.keep_bytes and status == "ok") else None)
+    return {
+        "image_uri": np.array(uris, dtype=object),
+        "image_sha256": np.array(shas, dtype=object),
+        "width": np.array(widths, dtype=np.int32),
+        "height": np.array(heights, dtype=np.int32),
+        "status": np.array(statuses, dtype=object),
+        "error": np.array(errors, dtype=object),
+        "pixels": object_column(pixels),
+        "data": object_column(datas),
+    }
+
+
+def _read_source(uri: str, settings: LoadSettings) -> tuple[bytes | None, str | None]:
+    try:
+        return settings.storage.read_bytes(uri), None
+    except FileNotFoundError:
+        return None, f"object not found: {uri}"
+    except Exception as exc:  # noqa: BLE001 - a store failure after retries is this image's status
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def _tar_members(uri: str, data: bytes) -> Iterator[dict]:
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+            for member in tar:
+                if not member.isfile() or not member.name.lower().endswith(IMAGE_EXTENSIONS):
+                    continue
+                f = tar.extractfile(member)
+                yield _row(f"{uri}#{member.name}", "pending", data=f.read() if f else b"")
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        # A damaged shard: the members read so far were yielded; the shard itself gets a row.
+        yield _row(uri, "corrupt", f"tar shard is damaged: {type(exc).__name__}: {exc}")
+
+
+def load_images(batch: dict[str, np.ndarray], settings: LoadSettings, done: np.ndarray | None) -> Iterator[dict]:
+    """Read and decode a batch of sources; yields rows for every image, skipped ones included.
+
+    ``done`` is a sorted array of :func:`uri_digest` of images that already have an ``ok`` row
+    (``--skip-existing``): they are not read again and pass on with status ``skipped``.
+    """
+    pending: list[dict] = []
+
+    def flush() -> Iterator[dict]:
+        nonlocal pending
+        while len(pending) >= settings.rows_per_batch:
+            chunk, pending = pending[: settings.rows_per_batch], pending[settings.rows_per_batch :]
+            yield _decode_rows(chunk, settings)
+
+    def is_done(uri: str) -> bool:
+        if done is None or len(done) == 0:
+            return False
+        key = np.array([uri_digest(uri)], dtype="S16")
+        pos = np.searchsorted(done, key)[0]
+        return bool(pos < len(done) and done[pos] == key[0])
+
+    for uri, kind in zip(batch["source_uri"], batch["kind"]):
+        uri = str(uri)
+        if kind == "tar":
+            data, error = _read_source(uri, settings)
+            if data is None:
+                pending.append(_row(uri, "unreadable", error))
+            else:
+                for row in _tar_members(uri, data):
+                    pending.append(_row(row["image_uri"], "skipped") if is_done(row["image_uri"]) else row)
+                    yield from flush()
+                del data
+        elif is_done(uri):
+            pending.append(_row(uri, "skipped"))
+        else:
+            data, error = _read_source(uri, settings)
+            pending.append(_row(uri, "pending", data=data) if data is not None else _row(uri, "unreadable", error))
+        yield from flush()
+    if pending:
+        yield _decode_rows(pending, settings)
+
+
+def _materialise_bundle(files: dict[str, bytes], model_sha256: str) -> str:
+    """Write a bundle shipped through the object store into this node's temp dir (once per node)."""
+    root = Path(tempfile.gettempdir()) / "img2pose-bundles" / model_sha256
+    if not (root / "bundle.json").is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        for name, data in sorted(files.items(), key=lambda kv: kv[0] == "bundle.json"):
+            tmp = root / f".{name}.{os.getpid()}.tmp"
+            tmp.write_bytes(data)
+            os.replace(tmp, root / name)
+    return str(root)
+
+
+class ModelStage:
+    """A model actor: loads the bundle once, then runs the batched predictor on every batch."""
+
+    def __init__(
+        self,
+        bundle_uri: str | None,
+        bundle_files: dict[str, bytes] | None,
+        model_sha256: str,
+        predictor_kwargs: dict[str, Any],
+        torch_threads: int | None,
+    ) -> None:
+        import torch
+
+        from img2pose_core.predictor import Predictor
+
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        uri = _materialise_bundle(bundle_files, model_sha256) if bundle_files else bundle_uri
+        self.predictor = Predictor(uri, **predictor_kwargs)
+        self.model_sha256 = self.predictor.model_sha256
+        if self.model_sha256 != model_sha256:
+            raise RuntimeError(
+                f"bundle {uri} holds weights {self.model_sha256[:12]}, the driver validated {model_sha256[:12]}"
+            )
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        statuses = [str(s) for s in batch["status"]]
+        errors = [None if e is None else str(e) for e in batch["error"]]
+        ok = [i for i, s in enumerate(statuses) if s == "ok"]
+        results: dict[int, Any] = {}
+        if ok:
+            images = [batch["pixels"][i] for i in ok]
+            try:
+                results = dict(zip(ok, self.predictor.predict(images)))
+            except Exception:  # noqa: BLE001 - find the image that fails, keep the others
+                for i, img in zip(ok, images):
+                    try:
+                        results[i] = self.predictor.predict([img])[0]
+                    except Exception as exc:  # noqa: BLE001
+                        statuses[i], errors[i] = "inference_error", f"{type(exc).__name__}: {exc}"
+        for i, faces in results.items():
+            if faces.skipped:
+                statuses[i], errors[i] = "too_small", faces.skipped
+        return self._table(batch, statuses, errors, results)
+
+    def _table(self, batch, statuses: list[str], errors: list, results: dict) -> pa.Table:
+        n = len(statuses)
+        per_image = [results.get(i) if statuses[i] == "ok" else None for i in range(n)]
+        counts = np.array([len(f) if f is not None else 0 for f in per_image], dtype=np.int32)
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+        present = [f for f in per_image if f is not None and len(f)]
+
+        def cat(attr: str, shape: tuple, dtype) -> np.ndarray:
+            arrays = [getattr(f, attr) for f in present]
+            return np.concatenate(arrays).astype(dtype) if arrays else np.zeros((0,) + shape, dtype)
+
+        scores = cat("scores", (), np.float32)
+        boxes = cat("boxes", (4,), np.float32)
+        poses = cat("poses", (6,), np.float64)
+        angles = cat("yaw_pitch_roll", (3,), np.float64)
+        lms = cat("landmarks_5", (5, 2), np.float32).reshape(-1, 10)
+        mats = cat("align_matrices", (2, 3), np.float64).reshape(-1, 6)
+        total = int(offsets[-1])
+        face_index = np.concatenate([np.arange(c, dtype=np.int32) for c in counts]) if total else np.zeros(0, np.int32)
+        columns = {
+            "face_index": face_index,
+            "score": scores,
+            "box_x1": boxes[:, 0], "box_y1": boxes[:, 1], "box_x2": boxes[:, 2], "box_y2": boxes[:, 3],
+            "rx": poses[:, 0], "ry": poses[:, 1], "rz": poses[:, 2],
+            "tx": poses[:, 3], "ty": poses[:, 4], "tz": poses[:, 5],
+            "yaw": angles[:, 0], "pitch": angles[:, 1], "roll": angles[:, 2],
+            "landmarks_5": pa.FixedSizeListArray.from_arrays(pa.array(lms.reshape(-1), pa.float32()), 10),
+            "align_matrix": pa.FixedSizeListArray.from_arrays(pa.array(mats.reshape(-1), pa.float64()), 6),
+            "crop_uri": pa.nulls(total, pa.string()),
+        }  # fmt: skip
+        struct = pa.StructArray.from_arrays(
+            [pa.array(columns[f.name], f.type) if not isinstance(columns[f.name], pa.Array) else columns[f.name]
+             for f in FACE_FIELDS],
+            fields=FACE_FIELDS,
+        )  # fmt: skip
+        faces = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), struct, type=pa.list_(FACE_STRUCT))
+        net_w = [f.network_size[0] if f is not None else None for f in per_image]
+        net_h = [f.network_size[1] if f is not None else None for f in per_image]
+        ok_mask = np.array([s == "ok" for s in statuses])
+        return pa.table(
+            {
+                "image_uri": pa.array([str(u) for u in batch["image_uri"]], pa.string()),
+                "image_sha256": pa.array([None if s is None else str(s) for s in batch["image_sha256"]], pa.string()),
+                "width": pa.array(np.where(batch["width"] >= 0, batch["width"], 0), pa.int32(), mask=batch["width"] < 0),
+                "height": pa.array(np.where(batch["height"] >= 0, batch["height"], 0), pa.int32(), mask=batch["height"] < 0),
+                "network_width": pa.array(net_w, pa.int32()),
+                "network_height": pa.array(net_h, pa.int32()),
+                "num_faces": pa.array(counts, pa.int32(), mask=~ok_mask),
+                "status": pa.array(statuses, pa.string()),
+                "error": pa.array(errors, pa.string()),
+                "faces": faces,
+                "data": pa.array([d if isinstance(d, bytes) else None for d in batch["data"]], pa.binary()),
+            }
+        )  # fmt: skip
+
+
+class CropStage:
+    """Cuts each face's aligned crop from the original image and writes it as JPEG."""
+
+    def __init__(self, output: str, storage: StorageConfig, crop_size: int, quality: int = 92) -> None:
+        self.output, self.storage, self.size, self.quality = output, storage, crop_size, quality
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        from PIL import Image
+
+        from img2pose_core.alignment import warp_crop
+
+        faces_col = table.column("faces").combine_chunks()
+        flat = faces_col.flatten()  # respects a sliced column's offsets
+        offsets = faces_col.offsets.to_numpy()
+        offsets = offsets - offsets[0]
+        crop_uris: list[str | None] = [None] * len(flat)
+        matrices = np.asarray(flat.field("align_matrix").flatten().to_numpy(zero_copy_only=False)).reshape(-1, 2, 3)
+        for row in range(table.num_rows):
+            start, stop = int(offsets[row]), int(offsets[row + 1])
+            data = table.column("data")[row].as_py()
+            if stop == start or data is None:
+                continue
+            sha = table.column("image_sha256")[row].as_py()
+            try:
+                image = Image.fromarray(decode_image(data, max_pixels=1 << 62).pixels)
+            except ImageDecodeError:
+                continue  # decoded fine moments ago; leave crop_uri null rather than fail the run
+            for k in range(start, stop):
+                crop = warp_crop(image, matrices[k], self.size)
+                buf = io.BytesIO()
+                crop.save(buf, format="JPEG", quality=self.quality)
+                # Named by content hash and face index only: nothing of the input's name reaches a path.
+                uri = join_uri(self.output, "crops", sha, f"{k - start}.jpg")
+                self.storage.write_bytes(uri, buf.getvalue())
+                crop_uris[k] = uri
+        new_flat = pa.StructArray.from_arrays(
+            [pa.array(crop_uris, pa.string()) if f.name == "crop_uri" else flat.field(f.name) for f in FACE_FIELDS],
+            fields=FACE_FIELDS,
+        )
+        faces = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), new_flat, type=pa.list_(FACE_STRUCT))
+        idx = table.schema.get_field_index("faces")
+        return table.set_column(idx, "faces", faces).drop_columns(["data"])
+
