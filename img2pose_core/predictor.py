@@ -20,7 +20,7 @@ from torch import Tensor
 from . import alignment, geometry
 from .model import Img2Pose
 
-__all__ = ["ImageFaces", "Predictor", "resolve_device", "resized_size"]
+__all__ = ["ImageFaces", "Predictor", "resolve_device", "resized_size", "padded_size"]
 
 ImageInput = np.ndarray | Image.Image | Tensor
 
@@ -98,6 +98,11 @@ def resized_size(width: int, height: int, min_size: int, max_size: int) -> tuple
     return int(math.floor(width * scale)), int(math.floor(height * scale))
 
 
+def padded_size(width: int, height: int, divisor: int = 32) -> tuple[int, int]:
+    """(width, height) of the zero-padded network input of a resized ``width x height`` image."""
+    return -(-width // divisor) * divisor, -(-height // divisor) * divisor
+
+
 def _to_chw_float(image: ImageInput) -> Tensor:
     if isinstance(image, Image.Image):
         image = np.asarray(image.convert("RGB"))
@@ -106,8 +111,10 @@ def _to_chw_float(image: ImageInput) -> Tensor:
             image = np.repeat(image[..., None], 3, axis=2)
         if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
             raise ValueError(f"expected an RGB uint8 array of shape (H, W, 3), got {image.dtype} {image.shape}")
-        t = torch.from_numpy(np.ascontiguousarray(image[..., :3])).permute(2, 0, 1)
-        return t
+        pixels = image[..., :3]
+        if not pixels.flags.writeable or not pixels.flags.c_contiguous:
+            pixels = np.array(pixels, order="C")  # torch wants its own writable memory
+        return torch.from_numpy(pixels).permute(2, 0, 1)
     if isinstance(image, Tensor):
         if image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"expected a tensor of shape (3, H, W), got {tuple(image.shape)}")
@@ -184,12 +191,12 @@ class Predictor:
         return model
 
     def predict(self, images: Sequence[ImageInput], *, batch_size: int | None = None) -> list[ImageFaces]:
-        """Faces of each image, in input order. Images of similar shape share a batch."""
+        """Faces of each image, in input order. Images of the same padded network size share a batch."""
         tensors = [_to_chw_float(img) for img in images]
         size = batch_size or self.batch_size
         # Batch images of similar aspect ratio together so the padded batch wastes little.
         results: list[ImageFaces | None] = [None] * len(tensors)
-        runnable = []
+        buckets: dict[tuple[int, int], list[int]] = {}
         lo, hi = self.settings["min_size"], self.settings["max_size"]
         for i, t in enumerate(tensors):
             h, w = int(t.shape[1]), int(t.shape[2])
@@ -198,12 +205,14 @@ class Predictor:
                 reason = f"{w}x{h} image resizes to {net[0]}x{net[1]} px at min_size {lo} / max_size {hi}"
                 results[i] = ImageFaces.empty(w, h, net, reason)
             else:
-                runnable.append(i)
-        order = sorted(runnable, key=lambda i: tensors[i].shape[2] / tensors[i].shape[1])
-        for start in range(0, len(order), size):
-            chunk = order[start : start + size]
-            for i, faces in zip(chunk, self._predict_batch([tensors[i] for i in chunk])):
-                results[i] = faces
+                buckets.setdefault(padded_size(*net), []).append(i)
+        # Only images that pad to the same network input share a batch: each then sees exactly the
+        # zero border it would see alone, so batching never changes a detection.
+        for members in buckets.values():
+            for start in range(0, len(members), size):
+                chunk = members[start : start + size]
+                for i, faces in zip(chunk, self._predict_batch([tensors[i] for i in chunk])):
+                    results[i] = faces
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()

@@ -145,7 +145,7 @@ def _check_input(spec: InputSpec, fs, path: str, url_column: str) -> None:
             raise InputError(f"--input {spec.uri}: the glob matches no files")
         return
     if spec.kind == "prefix":
-        if not with_retries(lambda: fs.exists(path)) and not with_retries(lambda: fs.ls(path)):
+        if not with_retries(lambda: fs.exists(path)) and not _lists_anything(fs, path):
             raise InputError(f"--input {spec.uri}: no such folder or prefix")
         if with_retries(lambda: fs.isfile(path)):
             return  # a single file without a known extension
@@ -161,6 +161,14 @@ def _check_input(spec: InputSpec, fs, path: str, url_column: str) -> None:
                 f"--input {spec.uri}: manifest has no column {url_column!r} (columns: {', '.join(columns)}); "
                 f"name the column of image URLs with --url-column"
             )
+
+
+def _lists_anything(fs, path: str) -> bool:
+    # Object stores have no folders: a prefix "exists" only through the keys below it.
+    try:
+        return bool(with_retries(lambda: fs.ls(path)))
+    except FileNotFoundError:
+        return False
 
 
 def _manifest_columns(fs, path: str, uri: str) -> list[str]:

@@ -133,7 +133,7 @@ def run_job(args: argparse.Namespace) -> int:
         raise JobError(str(exc)) from exc
     check_output(output, specs, storage)
     try:
-        bundle = resolve_bundle(args.bundle)
+        bundle = resolve_bundle(args.bundle, storage_options=storage.options_for(args.bundle) if args.bundle else None)
     except BundleError as exc:
         raise JobError(str(exc)) from exc
     run_id = args.run_id or new_run_id()
@@ -204,6 +204,7 @@ def run_job(args: argparse.Namespace) -> int:
         fn_constructor_kwargs={
             "bundle_uri": bundle_uri, "bundle_files": bundle_files, "model_sha256": bundle.model_sha256,
             "predictor_kwargs": predictor_kwargs, "torch_threads": torch_threads,
+            "storage_options": storage.options_for(bundle_uri),
         },
         compute=ray.data.ActorPoolStrategy(min_size=pool_min, max_size=pool_max, max_tasks_in_flight_per_actor=2),
         batch_size=batch_size, batch_format="numpy", num_gpus=gpus_per_actor or None, num_cpus=args.cpus_per_actor,

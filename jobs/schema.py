@@ -46,8 +46,9 @@ FACES_SCHEMA = pa.schema(
         pa.field("yaw", pa.float64(), nullable=False),
         pa.field("pitch", pa.float64(), nullable=False),
         pa.field("roll", pa.float64(), nullable=False),
-        pa.field("landmarks_5", pa.list_(pa.float32(), 10), nullable=False),
-        pa.field("align_matrix", pa.list_(pa.float64(), 6), nullable=False),
+        # List items are named "element", as Parquet names them, so files read back to this schema.
+        pa.field("landmarks_5", pa.list_(pa.field("element", pa.float32(), nullable=False), 10), nullable=False),
+        pa.field("align_matrix", pa.list_(pa.field("element", pa.float64(), nullable=False), 6), nullable=False),
         pa.field("crop_uri", pa.string(), nullable=True),
         pa.field("model_sha256", pa.string(), nullable=False),
     ],

@@ -187,19 +187,24 @@ class ModelStage:
         model_sha256: str,
         predictor_kwargs: dict[str, Any],
         torch_threads: int | None,
+        storage_options: dict | None = None,
     ) -> None:
         import torch
 
+        from img2pose_core.bundle import open_bundle
         from img2pose_core.predictor import Predictor
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        uri = _materialise_bundle(bundle_files, model_sha256) if bundle_files else bundle_uri
-        self.predictor = Predictor(uri, **predictor_kwargs)
+        if bundle_files:
+            uri, bundle = None, open_bundle(_materialise_bundle(bundle_files, model_sha256))
+        else:
+            uri, bundle = bundle_uri, open_bundle(bundle_uri, storage_options=storage_options)
+        self.predictor = Predictor(bundle, **predictor_kwargs)
         self.model_sha256 = self.predictor.model_sha256
         if self.model_sha256 != model_sha256:
             raise RuntimeError(
-                f"bundle {uri} holds weights {self.model_sha256[:12]}, the driver validated {model_sha256[:12]}"
+                f"bundle {uri or 'shipped by the driver'} holds weights {self.model_sha256[:12]}, the driver validated {model_sha256[:12]}"
             )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
@@ -248,8 +253,12 @@ class ModelStage:
             "rx": poses[:, 0], "ry": poses[:, 1], "rz": poses[:, 2],
             "tx": poses[:, 3], "ty": poses[:, 4], "tz": poses[:, 5],
             "yaw": angles[:, 0], "pitch": angles[:, 1], "roll": angles[:, 2],
-            "landmarks_5": pa.FixedSizeListArray.from_arrays(pa.array(lms.reshape(-1), pa.float32()), 10),
-            "align_matrix": pa.FixedSizeListArray.from_arrays(pa.array(mats.reshape(-1), pa.float64()), 6),
+            "landmarks_5": pa.FixedSizeListArray.from_arrays(
+                pa.array(lms.reshape(-1), pa.float32()), type=FACE_STRUCT.field("landmarks_5").type
+            ),
+            "align_matrix": pa.FixedSizeListArray.from_arrays(
+                pa.array(mats.reshape(-1), pa.float64()), type=FACE_STRUCT.field("align_matrix").type
+            ),
             "crop_uri": pa.nulls(total, pa.string()),
         }  # fmt: skip
         struct = pa.StructArray.from_arrays(

@@ -58,7 +58,8 @@ def s3_server() -> Iterator[str]:
     """The endpoint URL of a running moto S3 server; fake credentials are set in the environment."""
     exe = _moto_server()
     if exe is None:
-        pytest.skip("moto_server is not installed (pip install 'moto[server]')")
+        # moto[server] is a test requirement, not an optional resource: its absence is a set-up error.
+        pytest.fail("moto_server is not installed: install the test extras (pip install -e '.[test]')")
     url = f"http://127.0.0.1:{_free_port()}"
     proc = subprocess.Popen(
         [exe, "-H", "127.0.0.1", "-p", url.rsplit(":", 1)[1]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

@@ -1,0 +1,80 @@
+"""A real local Ray cluster for tests: ``ray start --head`` on 127.0.0.1, one per test session.
+
+Import with ``from ray_fixtures import ray_head  # noqa: F401``. Jobs started by tests join it through
+``RAY_ADDRESS``; token authentication (on by default in Ray 2.60) is disabled for this local cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from s3_fixtures import s3_server  # noqa: F401
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RayHead:
+    address: str  # GCS address for drivers (RAY_ADDRESS)
+    dashboard_url: str  # for `ray job submit --address`
+    env: dict  # environment for processes that use this cluster
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory, s3_server) -> Iterator[RayHead]:
+    """The cluster's workers inherit the environment of ``ray start``: started after the S3 server,
+    they see its (fake) credentials, as a real cluster's workers see theirs."""
+    gcs_port, dash_port = free_port(), free_port()
+    temp_dir = tmp_path_factory.mktemp("ray")
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+    # A submitted job's "python" is the first on the cluster's PATH: make it this environment's, as a
+    # cluster image's python is the one with the project installed.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.pop("RAY_ADDRESS", None)
+    cmd = [
+        RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
+        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
+        "--num-cpus=2", "--num-gpus=0", "--object-store-memory=1000000000", f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ray start failed:\n{proc.stdout}\n{proc.stderr}")
+    head = RayHead(
+        address=f"127.0.0.1:{gcs_port}",
+        dashboard_url=f"http://127.0.0.1:{dash_port}",
+        env=dict(env, RAY_ADDRESS=f"127.0.0.1:{gcs_port}"),
+    )
+    _wait_for_dashboard(head.dashboard_url)
+    try:
+        yield head
+    finally:
+        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def _wait_for_dashboard(url: str, timeout_s: float = 90.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/api/version", timeout=2).close()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"the Ray dashboard at {url} did not answer within {timeout_s} s")
