@@ -134,11 +134,6 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
-def _fail(message: str) -> int:
-    print(f"annotate.py: error: {message}", file=sys.stderr)
-    return 2
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from jobs.run import JobError, run_job
@@ -146,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_job(args)
     except JobError as exc:
-        return _fail(str(exc))
+        print(f"annotate.py: error: {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -22,7 +22,11 @@ __all__ = ["JobError", "run_job", "check_output", "read_done_digests"]
 
 
 class JobError(RuntimeError):
-    """A reason to stop before (or instead of) doing the work, with what to fix."""
+    """A reason to stop, with what to fix. Exit code 2 before any work starts, 1 for a failed run."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def _log(message: str) -> None:
@@ -213,13 +217,28 @@ def run_job(args: argparse.Namespace) -> int:
         ds = ds.map_batches(CropStage(output, storage, args.crops), batch_format="pyarrow", num_cpus=1, batch_size=64)
     sink = AnnotationSink(output, storage, run_id, bundle.model_sha256, rows_per_file=args.rows_per_file)
     t0 = time.perf_counter()
-    ds.write_datasink(sink)
+    try:
+        ds.write_datasink(sink)
+    except Exception as exc:  # noqa: BLE001 - any failure of the distributed run ends here
+        cause = _root_cause(exc)
+        failed = {"run_id": run_id, "status": "failed", "started_at": started_wall.isoformat(),
+                  "ended_at": datetime.now(timezone.utc).isoformat(), "error": cause}  # fmt: skip
+        try:
+            storage.write_bytes(join_uri(output, "runs", f"{run_id}.failed.json"), json.dumps(failed, indent=2).encode())
+        except Exception:  # noqa: BLE001 - the store itself may be what failed
+            pass
+        raise JobError(
+            f"run {run_id} failed: {cause}. What was written is consistent; run the same command again "
+            f"with --skip-existing to complete it.",
+            exit_code=1,
+        ) from exc
     elapsed = time.perf_counter() - t0
     totals = sink.totals
     statuses = totals["statuses"]
     images = sum(statuses.values())
     manifest = {
         "run_id": run_id,
+        "status": "succeeded",
         "schema_version": SCHEMA_VERSION,
         "started_at": started_wall.isoformat(),
         "ended_at": datetime.now(timezone.utc).isoformat(),
@@ -240,6 +259,17 @@ def run_job(args: argparse.Namespace) -> int:
     storage.write_bytes(join_uri(output, "runs", f"{run_id}.json"), json.dumps(manifest, indent=2, default=str).encode())
     _print_summary(manifest)
     return 0
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost error of a Ray failure chain, in one line."""
+    while True:
+        nxt = getattr(exc, "cause", None) or exc.__cause__
+        if nxt is None or nxt is exc:
+            break
+        exc = nxt
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[-1] if text else ''}"[:2000]
 
 
 def _load_udf(batch, settings, done):

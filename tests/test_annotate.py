@@ -356,9 +356,20 @@ def test_readme_queries_run_on_a_job_output(ray_head, golden_bundle, golden_dir,
     corpus.mkdir()
     for i in range(4):
         (corpus / f"q{i}.jpg").write_bytes(_picture(golden_dir, "teaser.jpg", 200, 700 + i))
+    # A CSV manifest with paths relative to itself, and a glob: the other two kinds of input.
+    listed = tmp_path / "listed"
+    listed.mkdir()
+    for i in range(2):
+        (listed / f"m{i}.jpg").write_bytes(_picture(golden_dir, "astronaut.jpg", 150, 800 + i))
+    (listed / "manifest.csv").write_text("url,caption\nm0.jpg,first\nm1.jpg,second\n")
+    globbed = tmp_path / "globbed"
+    globbed.mkdir()
+    for i in range(3):
+        (globbed / f"g{i}.{'png' if i < 2 else 'txt'}").write_bytes(_picture(golden_dir, "teaser.jpg", 120, 850 + i))
     out = tmp_path / "output"
     env = dict(ray_head.env, IMG2POSE_CACHE=str(tmp_path / "cache"))
-    proc = _job(["--input", str(corpus), "--output", str(out), "--bundle", str(golden_bundle), *MODEL_ARGS], env)
+    inputs = ["--input", str(corpus), "--input", str(listed / "manifest.csv"), "--input", str(globbed / "*.png")]
+    proc = _job([*inputs, "--output", str(out), "--bundle", str(golden_bundle), *MODEL_ARGS], env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     readme = (ROOT / "README.md").read_text()
     queries = re.findall(r"```sql\n(.*?)```", readme, flags=re.S)
@@ -366,7 +377,10 @@ def test_readme_queries_run_on_a_job_output(ray_head, golden_bundle, golden_dir,
     con = duckdb.connect()
     for sql in queries:
         # The README queries a local output folder named output/.
+        assert "'output/" in sql
         result = con.execute(sql.replace("'output/", f"'{out}/")).fetchall()
-        assert result is not None
-    counts = con.execute(f"select count(*) from read_parquet('{out}/images/**/*.parquet')").fetchone()[0]
-    assert counts == 4
+        assert isinstance(result, list)
+    uris = {u for (u,) in con.execute(f"select image_uri from read_parquet('{out}/images/**/*.parquet')").fetchall()}
+    expected = {str(p) for p in corpus.iterdir()} | {str(listed / "m0.jpg"), str(listed / "m1.jpg")}
+    expected |= {str(globbed / "g0.png"), str(globbed / "g1.png")}
+    assert uris == expected
