@@ -26,12 +26,13 @@ import json
 import os
 import re
 import shlex
+import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
-from jsonschema import Draft7Validator, Draft202012Validator
+from jsonschema import Draft202012Validator
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
@@ -101,7 +102,11 @@ def k8s_objects() -> tuple:
     """(label, document) for every Kubernetes object (a mapping with apiVersion and kind) under cluster/."""
     out = []
     for path in YAML_FILES:
-        for i, doc in enumerate(load_docs(path)):
+        try:
+            docs = load_docs(path)
+        except yaml.YAMLError:
+            continue  # reported by test_every_yaml_file_parses
+        for i, doc in enumerate(docs):
             if isinstance(doc, dict) and "apiVersion" in doc and "kind" in doc:
                 out.append((f"{rel(path)}#{i} {doc['kind']}", doc))
     return tuple(out)
@@ -217,9 +222,9 @@ def crd_validator(kind: str, version: str) -> Draft202012Validator:
     entries = [v for v in crd["spec"]["versions"] if v["name"] == version]
     assert entries, f"the {kind} CRD has no version {version!r} (it has {[v['name'] for v in crd['spec']['versions']]})"
     assert entries[0].get("served", True), f"{kind} {version} is not served"
-    schema = k8s_schema_to_jsonschema(entries[0]["schema"]["openAPIV3Schema"])
-    Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema)
+    # (Draft202012Validator.check_schema would take seconds on these schemas; test_crd_validation_can_fail
+    # shows the converted schema does refuse bad documents.)
+    return Draft202012Validator(k8s_schema_to_jsonschema(entries[0]["schema"]["openAPIV3Schema"]))
 
 
 def crd_errors(doc: dict) -> list[str]:
@@ -263,10 +268,10 @@ def test_crd_validation_can_fail():
     wrong_type["spec"]["shutdownAfterJobFinishes"] = "yes"
     assert crd_errors(wrong_type)
 
-    bad_gpu = copy.deepcopy(rayjob)
-    container = bad_gpu["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    bad_quantity = copy.deepcopy(rayjob)
+    container = bad_quantity["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
     container["resources"]["limits"]["cpu"] = ["4"]  # int-or-string, not a list
-    assert crd_errors(bad_gpu)
+    assert crd_errors(bad_quantity)
 
 
 # --------------------------------------------------------------------------- plain Kubernetes objects
@@ -543,13 +548,22 @@ def job_commands() -> list[tuple[str, str]]:
     """(source, command) of every place that states the job's command line."""
     out = []
     for label, doc in objects_of("RayJob"):
-        out.append((f"{label} spec.entrypoint", doc["spec"]["entrypoint"]))
+        out.append((f"{label} spec.entrypoint", (doc.get("spec") or {}).get("entrypoint", "")))
     for label, doc in objects_of("RayCronJob"):
-        out.append((f"{label} spec.jobTemplate.entrypoint", doc["spec"]["jobTemplate"]["entrypoint"]))
-    for label, path in cronjob_rayjob_files():
-        (rayjob,) = load_docs(path)
-        out.append((f"{label} -> ConfigMap -> {rel(path)} spec.entrypoint", rayjob["spec"]["entrypoint"]))
-    example = load_one(AWS).get("metadata", {}).get("example_submit")
+        template = (doc.get("spec") or {}).get("jobTemplate") or {}
+        out.append((f"{label} spec.jobTemplate.entrypoint", template.get("entrypoint", "")))
+    try:
+        pairs = cronjob_rayjob_files()
+    except (AssertionError, KeyError, StopIteration, ValueError):
+        pairs = []  # reported by test_nightly_cronjob_creates_the_rayjob_with_a_generated_name
+    for label, path in pairs:
+        for rayjob in load_docs(path):
+            entrypoint = (rayjob.get("spec") or {}).get("entrypoint", "")
+            out.append((f"{label} -> ConfigMap -> {rel(path)} spec.entrypoint", entrypoint))
+    try:
+        example = load_one(AWS).get("metadata", {}).get("example_submit")
+    except yaml.YAMLError:
+        example = None  # reported by test_every_yaml_file_parses
     if example:
         out.append((f"{rel(AWS)} metadata.example_submit", example))
     for path in (README, OPERATIONS):
@@ -561,9 +575,20 @@ def job_commands() -> list[tuple[str, str]]:
 JOB_COMMANDS = job_commands()
 
 
+def _job_parser():
+    """jobs.annotate.parse_args; the repository root is put on sys.path when `jobs` is not importable
+    (as jobs/annotate.py does for itself), e.g. under a bare `pytest` with an older editable install."""
+    try:
+        from jobs.annotate import parse_args
+    except ModuleNotFoundError:
+        sys.path.insert(0, str(ROOT))
+        from jobs.annotate import parse_args
+    return parse_args
+
+
 def parse_job_args(argv: list[str]):
     """jobs.annotate.parse_args(argv), or None with the parser's message when it refuses them."""
-    from jobs.annotate import parse_args
+    parse_args = _job_parser()
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
@@ -607,7 +632,7 @@ def test_cluster_jobs_read_and_write_object_storage_and_resume():
     for source, command in JOB_COMMANDS:
         if "README" in source or "operations.md" in source:
             continue
-        assert command.split("--", 1)[-1].strip().startswith("python jobs/annotate.py") or command.startswith("python jobs/annotate.py")
+        assert "python jobs/annotate.py" in command, f"{source}: run the script as `python jobs/annotate.py`"
         args, _ = parse_job_args(_annotate_argv(command))
         assert all("://" in uri for uri in args.input), f"{source}: --input should be an object-store URL"
         assert "://" in args.output, f"{source}: --output should be an object-store URL"
@@ -619,12 +644,13 @@ def test_cluster_jobs_read_and_write_object_storage_and_resume():
 
 
 def cluster_specs() -> list[tuple[str, dict]]:
-    out = [(label, doc["spec"]) for label, doc in objects_of("RayCluster")]
-    out += [(f"{label} rayClusterSpec", doc["spec"]["rayClusterSpec"]) for label, doc in objects_of("RayJob")]
-    out += [
-        (f"{label} jobTemplate.rayClusterSpec", doc["spec"]["jobTemplate"]["rayClusterSpec"])
-        for label, doc in objects_of("RayCronJob")
-    ]
+    """Every Ray cluster spec: RayClusters', RayJobs' rayClusterSpec, RayCronJobs' jobTemplate.rayClusterSpec."""
+    out = [(label, doc.get("spec") or {}) for label, doc in objects_of("RayCluster")]
+    for label, doc in objects_of("RayJob"):
+        out.append((f"{label} rayClusterSpec", (doc.get("spec") or {}).get("rayClusterSpec") or {}))
+    for label, doc in objects_of("RayCronJob"):
+        template = (doc.get("spec") or {}).get("jobTemplate") or {}
+        out.append((f"{label} jobTemplate.rayClusterSpec", template.get("rayClusterSpec") or {}))
     return out
 
 
@@ -751,7 +777,16 @@ def test_aws_launcher_config_validates_against_rays_schema():
     for name, t in config["available_node_types"].items():
         node = t["node_config"]
         assert "IamInstanceProfile" in node, f"aws.yaml {name}: S3 access through an IAM instance profile"
-    assert config["docker"]["image"].endswith(":" + pyproject()["project"]["version"]) or config["docker"]["image"]
+
+
+def test_every_node_runs_the_image_of_this_version():
+    """The Ray Pods and the EC2 nodes run the image built from cluster/Dockerfile, tagged with the package version."""
+    version = pyproject()["project"]["version"]
+    images = {container["image"] for _, spec in CLUSTER_SPECS for _, _, container in ray_containers(spec)}
+    images.add(load_one(AWS)["docker"]["image"])
+    for image in images:
+        name, _, tag = image.rpartition(":")
+        assert name.endswith("/img2pose-ray") and tag == version, f"{image}: expected .../img2pose-ray:{version}"
 
 
 # --------------------------------------------------------------------------- one definition
@@ -856,6 +891,7 @@ def test_dockerfile_installs_the_pinned_torch_and_the_project():
 
 def test_dockerfile_copies_no_credentials_bundles_or_whole_context():
     secret_name = re.compile(r"(?i)(secret|passw|token|credential|access_key|AWS_ACCESS_KEY_ID|AWS_SESSION)")
+    last_user = None  # the base image's user (ray) unless a USER says otherwise
     for word, arg in dockerfile_instructions():
         if word in ("ENV", "ARG"):
             names = re.findall(r"([A-Za-z_][A-Za-z0-9_]*)\s*=", arg) or [arg.split()[0]]
@@ -885,7 +921,7 @@ def test_dockerfile_copies_no_credentials_bundles_or_whole_context():
 _SECRET_PATTERNS = [
     ("AWS access key id", re.compile(r"(?<![A-Z0-9])(AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}(?![A-Z0-9])")),
     ("aws_secret_access_key value", re.compile(r"(?i)aws_secret_access_key[\"']?\s*[:=]\s*[\"']?[A-Za-z0-9/+]{20,}")),
-    ("AWS secret key", re.compile(r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])(?=.*$)")),
+    ("AWS secret key", re.compile(r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")),
     ("private key", re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")),
     ("bearer/token value", re.compile(r"(?i)(auth_token|session_token|password)[\"']?\s*[:=]\s*[\"']?[A-Za-z0-9/+_\-]{16,}")),
 ]
