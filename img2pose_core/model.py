@@ -81,6 +81,8 @@ class Img2Pose(nn.Module):
         super().__init__()
         s = settings or ModelSettings()
         self.settings = s
+        # Feed the backbone NHWC tensors (faster convolutions on GPUs); weights follow in ``to()``.
+        self.channels_last = False
         self.transform = GeneralizedRCNNTransform(s.min_size, s.max_size, list(IMAGENET_MEAN), list(IMAGENET_STD))
         self.backbone = resnet_fpn_backbone(
             backbone_name="resnet18", weights=None, norm_layer=FrozenBatchNorm2d, trainable_layers=5
@@ -134,7 +136,8 @@ class Img2Pose(nn.Module):
         """Detect faces in float RGB images ``(3, H, W)`` in [0, 1]; keeps faces scoring above ``threshold``."""
         original = [tuple(int(v) for v in img.shape[-2:]) for img in images]
         batch, _ = self.transform(images)
-        features = self.backbone(batch.tensors)
+        x = batch.tensors.contiguous(memory_format=torch.channels_last) if self.channels_last else batch.tensors
+        features = self.backbone(x)
         proposals, _ = self.rpn(batch, features)
         outputs: list[RoIOutputs] = self.roi_heads(features, proposals, batch.image_sizes, threshold)
         results = []

@@ -184,6 +184,7 @@ def run_job(args: argparse.Namespace) -> int:
         "crop_size": args.crops or 112,
         "align_mode": args.align,
         "batch_size": batch_size,
+        "compile": bool(args.compile and on_gpu),
     }
     bundle_files = None
     bundle_uri = str(bundle.uri)

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # benchmarks/ (reference variants) and jobs/ import from the root
 GOLDEN = Path(os.environ.get("IMG2POSE_GOLDEN", ROOT.parent / "shared" / "golden"))
 
 needs_golden = pytest.mark.skipif(
