@@ -223,8 +223,10 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--compare-images", type=int, default=4, help="frames for the fast-vs-original comparison")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--sections", default="1,2,3", help="which sections to run")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    sections = {int(v) for v in args.sections.split(",")}
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -237,31 +239,46 @@ def main() -> None:
     results = {"machine": info, "args": vars(args)}
     with tempfile.TemporaryDirectory() as tmp:
         bundle = str(make_bundle(Path(tmp), golden))
-        print("\n1. predictor throughput (1280x720 frames, threshold 0.8, fp32)", flush=True)
-        rows = predictor_throughput(bundle, frames[: args.images], device, batch_sizes, settings, args.runs)
-        results["predictor"] = rows
-        print(format_table(
-            ["min/max", "batch", "images", "images/s", "ms/image", "peak RSS MiB", "peak GPU MiB", "GPU util"],
-            [[f"{r['min_size']}/{r['max_size']}", r["batch"], r["images"], f"{r['images_per_s']:.2f}",
-              f"{r['ms_per_image']:.0f}", f"{r['peak_rss_mib']:.0f}",
-              "-" if r["peak_gpu_mib"] is None else f"{r['peak_gpu_mib']:.0f}", r["gpu_util"]] for r in rows],
-        ))  # fmt: skip
-        lo, hi = settings[0]
-        print(f"\n2. fast path vs the original way (batch 1, {lo}/{hi}, threshold 0.8)", flush=True)
-        cmp = fast_vs_original(bundle, frames[: args.compare_images], device, args.runs, lo, hi)
-        results["fast_vs_original"] = cmp
-        print(f"  ours {cmp['fast_images_per_s']:.3f} images/s, original way {cmp['original_images_per_s']:.3f} images/s: "
-              f"{cmp['speedup']:.2f}x faster; detections identical: {cmp['identical']} ({cmp['faces']} faces)")  # fmt: skip
-        print("\n3. reduced precision vs fp32 (golden images, 400/1400; matched by IoU > 0.9)", flush=True)
-        prec = precision_error(bundle, device)
-        results["precision"] = prec
-        print(format_table(
-            ["image", "thr", "precision", "fp32 faces", "faces", "matched", "max d score", "max d box px", "max d dof"],
-            [[r["image"], r["threshold"], r["precision"], r["fp32_faces"], r["faces"], r["matched"],
-              f"{r['max_d_score']:.2e}", f"{r['max_d_box_px']:.2f}", f"{r['max_d_dof']:.2e}"] for r in prec],
-        ))  # fmt: skip
+        if 1 in sections:
+            _section_throughput(bundle, frames, device, batch_sizes, settings, args, results)
+        if 2 in sections:
+            _section_compare(bundle, frames, device, settings, args, results)
+        if 3 in sections:
+            _section_precision(bundle, device, results)
     if args.json:
         write_json(args.json, results)
+
+
+def _section_throughput(bundle, frames, device, batch_sizes, settings, args, results) -> None:
+    print("\n1. predictor throughput (1280x720 frames, threshold 0.8, fp32)", flush=True)
+    rows = predictor_throughput(bundle, frames[: args.images], device, batch_sizes, settings, args.runs)
+    results["predictor"] = rows
+    print(format_table(
+        ["min/max", "batch", "images", "images/s", "ms/image", "peak RSS MiB", "peak GPU MiB", "GPU util"],
+        [[f"{r['min_size']}/{r['max_size']}", r["batch"], r["images"], f"{r['images_per_s']:.2f}",
+          f"{r['ms_per_image']:.0f}", f"{r['peak_rss_mib']:.0f}",
+          "-" if r["peak_gpu_mib"] is None else f"{r['peak_gpu_mib']:.0f}", r["gpu_util"]] for r in rows],
+    ))  # fmt: skip
+
+
+def _section_compare(bundle, frames, device, settings, args, results) -> None:
+    lo, hi = settings[0]
+    print(f"\n2. fast path vs the original way (batch 1, {lo}/{hi}, threshold 0.8)", flush=True)
+    cmp = fast_vs_original(bundle, frames[: args.compare_images], device, args.runs, lo, hi)
+    results["fast_vs_original"] = cmp
+    print(f"  ours {cmp['fast_images_per_s']:.3f} images/s, original way {cmp['original_images_per_s']:.3f} images/s: "
+          f"{cmp['speedup']:.2f}x faster; detections identical: {cmp['identical']} ({cmp['faces']} faces)")  # fmt: skip
+
+
+def _section_precision(bundle, device, results) -> None:
+    print("\n3. reduced precision vs fp32 (golden images, 400/1400; matched by IoU > 0.9)", flush=True)
+    prec = precision_error(bundle, device)
+    results["precision"] = prec
+    print(format_table(
+        ["image", "thr", "precision", "fp32 faces", "faces", "matched", "max d score", "max d box px", "max d dof"],
+        [[r["image"], r["threshold"], r["precision"], r["fp32_faces"], r["faces"], r["matched"],
+          f"{r['max_d_score']:.2e}", f"{r['max_d_box_px']:.2f}", f"{r['max_d_dof']:.2e}"] for r in prec],
+    ))  # fmt: skip
 
 
 if __name__ == "__main__":
