@@ -166,3 +166,13 @@ def test_predict_command_refuses_bad_arguments(golden_bundle, tmp_path):
     cmd = [sys.executable, "-m", "img2pose_core.cli", "predict", "--bundle", str(tmp_path / "nothing"), str(img)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "nothing" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_channels_last_gives_the_same_faces(golden_bundle, astronaut, predictor):
+    # The GPU default; checked here on CPU so that a layout bug cannot hide behind a missing GPU.
+    nhwc = Predictor(str(golden_bundle), device="cpu", threshold=0.0, channels_last=True, **SMALL)
+    assert nhwc.model is not predictor.model and nhwc.model.channels_last
+    a, b = predictor.predict([astronaut])[0], nhwc.predict([astronaut])[0]
+    assert len(a) == len(b)
+    np.testing.assert_allclose(b.scores, a.scores, atol=1e-4)
+    np.testing.assert_allclose(b.poses, a.poses, atol=1e-3)

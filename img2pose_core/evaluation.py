@@ -1,0 +1,326 @@
+"""Benchmarks of the img2pose paper: AFLW2000-3D and BIWI pose errors, WIDER FACE val AP.
+
+The evaluators work on plain arrays so that they can be checked without a model: predictions are
+:class:`Faces` per image (boxes x1 y1 x2 y2, scores, global poses), ground truth is read from files in
+the published layouts (AFLW2000-3D's per-image ``.mat`` or an equivalent ``.json``; the preprocessed BIWI
+list; WIDER FACE's ``wider_face_val_bbx_gt.txt`` and its easy/medium/hard lists).
+
+Protocols (the authors' evaluation):
+
+- AFLW2000-3D: ground-truth angles are ``Pose_Para[:3]`` (pitch, yaw, roll, radians) in degrees; faces
+  with any angle beyond 99° are skipped; the prediction matched to a face is the one whose box has the
+  highest IoU with the box of the 68 ground-truth points (their extent); predicted angles come from
+  :func:`geometry.rotvec_to_yaw_pitch_roll`; errors are absolute differences, MAE their mean over the three.
+- BIWI: the face whose box centre is closest to the image centre, among those above the threshold.
+- WIDER FACE: per image, predictions by descending score are matched to the ground truth with the highest
+  IoU (≥ 0.5, boxes with the official +1 pixel convention); a match to a face outside the setting's list is
+  ignored; precision/recall at 1000 thresholds of the min-max normalised scores; VOC AP (all points).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import geometry
+
+__all__ = [
+    "Faces",
+    "iou_matrix",
+    "load_aflw2000",
+    "load_biwi",
+    "load_wider_gt",
+    "evaluate_aflw2000",
+    "evaluate_biwi",
+    "evaluate_wider",
+    "wider_ap",
+    "box_vote",
+    "markdown_table",
+    "write_report",
+]
+
+
+@dataclass
+class Faces:
+    """Predictions for one image."""
+
+    boxes: np.ndarray  # (K, 4)
+    scores: np.ndarray  # (K,)
+    poses: np.ndarray | None = None  # (K, 6) global pose
+    width: int | None = None
+    height: int | None = None
+
+    def __post_init__(self):
+        self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
+        self.scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
+        if self.poses is not None:
+            self.poses = np.asarray(self.poses, dtype=np.float64).reshape(-1, 6)
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray, plus_one: bool = False) -> np.ndarray:
+    """IoU ``(len(a), len(b))`` of x1 y1 x2 y2 boxes (``plus_one``: the official WIDER pixel convention)."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    e = 1.0 if plus_one else 0.0
+    area_a = (a[:, 2] - a[:, 0] + e) * (a[:, 3] - a[:, 1] + e)
+    area_b = (b[:, 2] - b[:, 0] + e) * (b[:, 3] - b[:, 1] + e)
+    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]) + e
+    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]) + e
+    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def _ypr(poses: np.ndarray) -> np.ndarray:
+    return geometry.rotvec_to_yaw_pitch_roll(torch.as_tensor(np.asarray(poses)[:, :3], dtype=torch.float64)).numpy()
+
+
+# --- Ground truth readers ---------------------------------------------------------------------------
+def _read_mat_or_json(path: Path) -> dict:
+    if path.suffix == ".json":
+        return json.loads(path.read_text())
+    from scipy.io import loadmat  # AFLW2000-3D's own .mat files (scipy is optional)
+
+    mat = loadmat(str(path))
+    return {k: np.asarray(v).tolist() for k, v in mat.items() if not k.startswith("__")}
+
+
+def load_aflw2000(folder: str | Path) -> list[dict]:
+    """Records ``{"image", "ypr" (degrees), "box", "dofs" or None}`` of an AFLW2000-3D folder
+    (``imageNNNNN.jpg`` beside ``imageNNNNN.mat`` or ``.json``)."""
+    folder = Path(folder)
+    records = []
+    labels = sorted(list(folder.glob("*.mat")) + list(folder.glob("*.json")))
+    for label in labels:
+        image = next((label.with_suffix(s) for s in (".jpg", ".png") if label.with_suffix(s).is_file()), None)
+        if image is None:
+            continue
+        data = _read_mat_or_json(label)
+        pose_para = np.asarray(data["Pose_Para"], dtype=np.float64).reshape(-1)
+        pitch, yaw, roll = np.degrees(pose_para[:3])
+        pts = np.asarray(data["pt3d_68"], dtype=np.float64).reshape(3, 68)
+        box = np.array([pts[0].min(), pts[1].min(), pts[0].max(), pts[1].max()])
+        dofs = data.get("dofs")
+        records.append({
+            "image": str(image), "ypr": np.array([yaw, pitch, roll]), "box": box,
+            "dofs": None if dofs is None else np.asarray(dofs, dtype=np.float64),
+        })
+    return records
+
+
+def load_biwi(gt_file: str | Path) -> list[dict]:
+    """Records ``{"image", "ypr" (degrees), "dofs" or None}`` from a ``biwi_gt.json`` list (paths relative to it)."""
+    gt_file = Path(gt_file)
+    out = []
+    for e in json.loads(gt_file.read_text()):
+        out.append({
+            "image": str(gt_file.parent / e["image"]), "ypr": np.asarray(e["pose"], dtype=np.float64),
+            "dofs": None if e.get("dofs") is None else np.asarray(e["dofs"], dtype=np.float64),
+        })
+    return out
+
+
+def load_wider_gt(folder_or_txt: str | Path, settings=("easy", "medium", "hard")) -> tuple[dict, dict]:
+    """``(boxes, keep)``: per image name (``event/name`` without extension) its ground-truth boxes (x1 y1 x2 y2)
+    and, per setting, the 0-based indices of the faces that count. Reads ``wider_face_val_bbx_gt.txt`` and
+    ``wider_<setting>_val.json`` (or the official ``wider_<setting>_val.mat`` when scipy is installed)."""
+    p = Path(folder_or_txt)
+    txt = p if p.is_file() else p / "wider_face_val_bbx_gt.txt"
+    folder = txt.parent
+    lines = [l.strip() for l in txt.read_text().splitlines()]
+    boxes: dict[str, np.ndarray] = {}
+    i = 0
+    while i < len(lines):
+        if not lines[i]:
+            i += 1
+            continue
+        name = lines[i].rsplit(".", 1)[0]
+        n = int(lines[i + 1])
+        rows = [list(map(float, lines[i + 2 + j].split()[:4])) for j in range(n)]
+        i += 2 + max(n, 1)  # an image with 0 faces still has one line of zeros
+        b = np.asarray(rows, dtype=np.float64).reshape(-1, 4)
+        boxes[name] = np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
+    keep: dict[str, dict[str, np.ndarray]] = {}
+    for setting in settings:
+        js, mat = folder / f"wider_{setting}_val.json", folder / f"wider_{setting}_val.mat"
+        if js.is_file():
+            lists = {k: np.asarray(v, dtype=np.int64) - 1 for k, v in json.loads(js.read_text()).items()}
+        elif mat.is_file():
+            lists = _wider_mat_lists(mat)
+        else:
+            lists = {k: np.arange(len(v)) for k, v in boxes.items()}
+        keep[setting] = lists
+    return boxes, keep
+
+
+def _wider_mat_lists(mat_path: Path) -> dict[str, np.ndarray]:
+    from scipy.io import loadmat
+
+    m = loadmat(str(mat_path))
+    out = {}
+    for ev, files, gts in zip(m["event_list"], m["file_list"], m["gt_list"]):
+        event = str(ev[0][0])
+        for f, g in zip(files[0], gts[0]):
+            out[f"{event}/{f[0][0]}"] = np.asarray(g[0], dtype=np.int64).reshape(-1) - 1
+    return out
+
+
+# --- Pose benchmarks ---------------------------------------------------------------------------------
+def _summary(errors: np.ndarray, t_errors: list, extra: dict) -> dict:
+    errors = np.asarray(errors, dtype=np.float64).reshape(-1, 3)
+    out = dict(extra)
+    if len(errors):
+        yaw, pitch, roll = errors.mean(0)
+        out.update(yaw=float(yaw), pitch=float(pitch), roll=float(roll), mae=float(errors.mean()))
+    else:
+        out.update(yaw=math.nan, pitch=math.nan, roll=math.nan, mae=math.nan)
+    if t_errors:
+        t = np.asarray(t_errors).reshape(-1, 3).mean(0)
+        out.update(tx=float(t[0]), ty=float(t[1]), tz=float(t[2]), translation_mae=float(t.mean()))
+    return out
+
+
+def evaluate_aflw2000(records: list[dict], predictions: dict[str, Faces], max_angle: float = 99.0) -> dict:
+    """Yaw/pitch/roll errors (degrees), MAE, and translation errors where the ground truth has a pose."""
+    errors, t_errors, skipped, missed = [], [], 0, 0
+    for rec in records:
+        if np.abs(rec["ypr"]).max() > max_angle:
+            skipped += 1
+            continue
+        pred = predictions.get(rec["image"])
+        if pred is None or len(pred.scores) == 0:
+            missed += 1
+            continue
+        j = int(iou_matrix(pred.boxes, rec["box"][None])[:, 0].argmax())
+        errors.append(np.abs(_ypr(pred.poses[j : j + 1])[0] - rec["ypr"]))
+        if rec.get("dofs") is not None:
+            t_errors.append(np.abs(pred.poses[j, 3:] - rec["dofs"][3:]))
+    return _summary(errors, t_errors, {"images": len(records), "evaluated": len(errors), "skipped": skipped, "missed": missed})
+
+
+def evaluate_biwi(records: list[dict], predictions: dict[str, Faces], threshold: float = 0.9) -> dict:
+    """Errors of the face closest to the image centre among those scoring at least ``threshold``."""
+    errors, t_errors, missed = [], [], 0
+    for rec in records:
+        pred = predictions.get(rec["image"])
+        ok = None if pred is None else pred.scores >= threshold
+        if pred is None or not ok.any():
+            missed += 1
+            continue
+        boxes, poses = pred.boxes[ok], pred.poses[ok]
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+        j = int(np.linalg.norm(centres - np.array([pred.width / 2, pred.height / 2]), axis=1).argmin())
+        errors.append(np.abs(_ypr(poses[j : j + 1])[0] - rec["ypr"]))
+        if rec.get("dofs") is not None:
+            t_errors.append(np.abs(poses[j, 3:] - rec["dofs"][3:]))
+    return _summary(errors, t_errors, {"images": len(records), "evaluated": len(errors), "missed": missed})
+
+
+# --- WIDER FACE ---------------------------------------------------------------------------------------
+def _image_eval(pred_boxes: np.ndarray, gt: np.ndarray, keep: np.ndarray, iou_thresh: float):
+    """Per prediction (descending score): faces recalled so far, and whether it is a proposal that counts."""
+    n = len(pred_boxes)
+    recalled = np.zeros(len(gt))  # 1 recalled, -1 matched an ignored face
+    counts = np.ones(n)
+    pred_recall = np.zeros(n)
+    if len(gt):
+        ignore = np.ones(len(gt), dtype=bool)
+        ignore[keep] = False
+        overlaps = iou_matrix(pred_boxes, gt, plus_one=True)
+        for h in range(n):
+            j = int(overlaps[h].argmax())
+            if overlaps[h, j] >= iou_thresh:
+                if ignore[j]:
+                    recalled[j] = -1
+                    counts[h] = -1
+                elif recalled[j] == 0:
+                    recalled[j] = 1
+            pred_recall[h] = (recalled == 1).sum()
+    return pred_recall, counts
+
+
+def wider_ap(gt_boxes: dict, keep: dict, predictions: dict[str, Faces], iou_thresh: float = 0.5, thresh_num: int = 1000) -> float:
+    """VOC AP of one setting (``keep``: per image the 0-based indices of the faces that count)."""
+    all_scores = np.concatenate([p.scores for p in predictions.values()] + [np.zeros(0)])
+    lo, hi = (all_scores.min(), all_scores.max()) if len(all_scores) else (0.0, 1.0)
+    pr = np.zeros((thresh_num, 2))
+    count_face = 0
+    for name, gt in gt_boxes.items():
+        k = keep.get(name, np.zeros(0, dtype=np.int64))
+        count_face += len(k)
+        pred = predictions.get(name)
+        if pred is None or len(pred.scores) == 0 or len(gt) == 0:
+            continue
+        order = np.argsort(-pred.scores, kind="stable")
+        scores = (pred.scores[order] - lo) / (hi - lo) if hi > lo else np.ones(len(order))
+        pred_recall, counts = _image_eval(pred.boxes[order], gt, k, iou_thresh)
+        for t in range(thresh_num):
+            above = np.nonzero(scores >= 1 - (t + 1) / thresh_num)[0]
+            if len(above):
+                r = above[-1]
+                pr[t, 0] += (counts[: r + 1] == 1).sum()
+                pr[t, 1] += pred_recall[r]
+    precision = np.divide(pr[:, 1], pr[:, 0], out=np.zeros(thresh_num), where=pr[:, 0] > 0)
+    recall = pr[:, 1] / max(count_face, 1)
+    mrec = np.concatenate([[0.0], recall, [1.0]])
+    mpre = np.concatenate([[0.0], precision, [0.0]])
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+    i = np.nonzero(mrec[1:] != mrec[:-1])[0]
+    return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
+
+
+def evaluate_wider(gt_boxes: dict, keep: dict, predictions: dict[str, Faces]) -> dict:
+    return {s: wider_ap(gt_boxes, keep[s], predictions) for s in keep}
+
+
+def box_vote(boxes: np.ndarray, scores: np.ndarray, iou: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """Box voting of multi-scale detections: each group (IoU ≥ ``iou`` with the best remaining box) becomes
+    the score-weighted mean box with the group's best score."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    order = np.argsort(-scores, kind="stable")
+    boxes, scores = boxes[order], scores[order]
+    out_b, out_s = [], []
+    while len(scores):
+        ov = iou_matrix(boxes[:1], boxes, plus_one=True)[0]
+        group = ov >= iou
+        w = scores[group][:, None]
+        out_b.append((boxes[group] * w).sum(0) / w.sum())
+        out_s.append(scores[group].max())
+        boxes, scores = boxes[~group], scores[~group]
+    return np.asarray(out_b).reshape(-1, 4), np.asarray(out_s)
+
+
+# --- Reports ------------------------------------------------------------------------------------------
+def markdown_table(report: dict) -> str:
+    """One table per benchmark of a report ``{"aflw2000": {...}, "biwi": {...}, "wider": {...}}``."""
+    lines = []
+    for name, res in report.items():
+        if not isinstance(res, dict):
+            continue
+        if name == "wider":
+            keys = [k for k in ("easy", "medium", "hard") if k in res]
+            lines += [f"### {name}", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+            lines.append("| " + " | ".join(f"{res[k]:.4f}" for k in keys) + " |")
+        else:
+            keys = [k for k in ("yaw", "pitch", "roll", "mae", "translation_mae", "evaluated", "skipped", "missed") if k in res]
+            fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+            lines += [f"### {name}", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+            lines.append("| " + " | ".join(fmt(res[k]) for k in keys) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(report: dict, path: str | Path) -> tuple[Path, Path]:
+    """``path`` (JSON) and the Markdown table beside it (same name, ``.md``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=float))
+    md = path.with_suffix(".md")
+    md.write_text(markdown_table({k: v for k, v in report.items() if k != "settings"}))
+    return path, md

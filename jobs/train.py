@@ -1,0 +1,317 @@
+"""Train img2pose with Ray Train (DDP, one worker per GPU) on Parquet shards from jobs/prepare_dataset.py.
+
+    python jobs/train.py --data s3://bucket/wider/ --output s3://bucket/runs/ --name wider-v1 \
+        --init-bundle BUNDLE_OR_NONE --workers 8 --gpu
+
+Every epoch: training over ``DATA/train`` (2 images per worker, random min size, horizontal flips), then the
+validation loss over ``DATA/val`` with the model in eval mode; reduce-on-plateau (factor 0.1, patience 3) and
+early stopping (patience 5) on it. Each checkpoint is a model bundle (``img2pose.pth`` in the released layout
+``{"fpn_model": state_dict with "module."}``, the pose statistics of ``DATA``, the reference points,
+``bundle.json``) plus ``train_state.pt`` (optimizer, scheduler, epoch, step): ``jobs/annotate.py --bundle
+CHECKPOINT`` uses it as it is. A re-run with the same ``--output``/``--name`` resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+STATE_NAME = "train_state.pt"
+WEIGHTS_NAME = "img2pose.pth"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="output of prepare_dataset.py (train/, val/, pose_mean.npy, pose_stddev.npy)")
+    p.add_argument("--output", required=True, help="storage for checkpoints (local folder or s3://...)")
+    p.add_argument("--name", default="img2pose", help="run name (a folder under --output)")
+    p.add_argument("--init-bundle", default=None, help="start from this bundle's weights (fine-tuning); default random init")
+    p.add_argument("--points-bundle", default=None, help="bundle giving the 3D reference points (default: --init-bundle)")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps in total")
+    p.add_argument("--batch-size", type=int, default=2, help="images per worker per step")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--clip", type=float, default=10.0)
+    p.add_argument("--min-sizes", default="640,672,704,736,768,800", help="random short side per step")
+    p.add_argument("--max-size", type=int, default=1400)
+    p.add_argument("--val-min-size", type=int, default=None, help="short side for validation (default: the largest --min-sizes)")
+    p.add_argument("--no-flip", action="store_true")
+    p.add_argument("--rois-per-image", type=int, default=512)
+    p.add_argument("--rpn-train-top-n", type=int, default=2000)
+    p.add_argument("--plateau-patience", type=int, default=3)
+    p.add_argument("--early-stop-patience", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+# --- Worker side -----------------------------------------------------------------------------------
+def _rows_to_batch(rows: list[dict], flip: bool, rng):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from img2pose_core.training import flip_targets
+
+    images, targets = [], []
+    for r in rows:
+        with Image.open(io.BytesIO(r["image"])) as im:
+            arr = np.asarray(im.convert("RGB"))
+        img = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+        t = {
+            "boxes": torch.as_tensor(np.asarray(list(r["boxes"]), dtype=np.float32)).reshape(-1, 4),
+            "dofs": torch.as_tensor(np.asarray(list(r["global_pose"]), dtype=np.float64)).reshape(-1, 6),
+            "has_pose": torch.as_tensor(np.asarray(list(r["has_pose"]), dtype=bool)).reshape(-1),
+        }
+        if flip and rng.random() < 0.5:
+            img, t = flip_targets(img, t)
+        images.append(img)
+        targets.append(t)
+    return images, targets
+
+
+def _state_dict_released(model) -> dict:
+    """The released layout: ``module.``-prefixed keys (as the authors' DataParallel checkpoints)."""
+    return {"module." + k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def _save_checkpoint(folder: Path, model, extra: dict, cfg: dict) -> None:
+    import shutil
+
+    import torch
+
+    from img2pose_core.bundle import create_bundle
+
+    work = folder / "files"
+    work.mkdir(parents=True, exist_ok=True)
+    torch.save({"fpn_model": _state_dict_released(model)}, work / WEIGHTS_NAME)
+    for name in ("pose_mean.npy", "pose_stddev.npy", "reference_3d_68_points_trans.npy", "reference_3d_5_points_trans.npy"):
+        shutil.copy(cfg["arrays"][name], work / name)
+    create_bundle(work / WEIGHTS_NAME, work / "pose_mean.npy", work / "pose_stddev.npy",
+                  work / "reference_3d_68_points_trans.npy", work / "reference_3d_5_points_trans.npy", folder / "bundle",
+                  name=f"{cfg['name']}-step{extra['step']}", source={"training_run": cfg["name"]})
+    shutil.rmtree(work)
+    torch.save(extra, folder / STATE_NAME)
+    (folder / "progress.json").write_text(json.dumps({k: v for k, v in extra.items() if isinstance(v, (int, float, str))}))
+
+
+def train_loop(cfg: dict) -> None:
+    import numpy as np
+    import ray.train
+    import torch
+
+    from img2pose_core.checkpoint import load_weights, read_state_dict
+    from img2pose_core.model import Img2Pose, ModelSettings
+    from img2pose_core.training import TrainingForward, TrainSettings
+
+    torch.manual_seed(cfg["seed"])
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    rng = np.random.default_rng(cfg["seed"] + rank)
+    arrays = cfg["arrays"]
+    mean = np.load(arrays["pose_mean.npy"])
+    std = np.load(arrays["pose_stddev.npy"])
+    p68 = np.load(arrays["reference_3d_68_points_trans.npy"])
+    p5 = np.load(arrays["reference_3d_5_points_trans.npy"])
+    min_sizes = tuple(int(s) for s in cfg["min_sizes"])
+    model = Img2Pose(torch.from_numpy(mean), torch.from_numpy(std), torch.from_numpy(p68),
+                     ModelSettings(min_size=min_sizes[-1], max_size=cfg["max_size"]))
+    if cfg.get("init_weights"):
+        load_weights(model, read_state_dict(cfg["init_weights"]), cfg["init_weights"])
+    model.rpn._pre_nms_top_n["training"] = cfg["rpn_train_top_n"]
+    model.rpn._post_nms_top_n["training"] = cfg["rpn_train_top_n"]
+    forward = TrainingForward(model, torch.from_numpy(p5), TrainSettings(batch_size_per_image=cfg["rois_per_image"]))
+    forward = ray.train.torch.prepare_model(forward, parallel_strategy_kwargs={"find_unused_parameters": True}) \
+        if ctx.get_world_size() > 1 else forward.to(ray.train.torch.get_device())
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.1, patience=cfg["plateau_patience"])
+    state = {"epoch": 0, "step": 0, "best_val": float("inf"), "bad_epochs": 0}
+
+    ckpt = ray.train.get_checkpoint()
+    resume_dir = None
+    if ckpt is not None:
+        resume_dir = ckpt.to_directory()
+    elif cfg.get("resume_from"):
+        resume_dir = cfg["resume_from"]
+    if resume_dir:
+        saved = torch.load(Path(resume_dir) / STATE_NAME, map_location="cpu", weights_only=False)
+        load_weights(model, read_state_dict(Path(resume_dir) / "bundle" / WEIGHTS_NAME), str(resume_dir))
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        state.update({k: saved[k] for k in state})
+    device = ray.train.torch.get_device()
+    model.to(device)
+
+    train_ds = ray.train.get_dataset_shard("train")
+    try:
+        val_ds = ray.train.get_dataset_shard("val")
+    except (KeyError, ValueError):
+        val_ds = None
+    max_steps = cfg.get("max_steps")
+    while state["epoch"] < cfg["epochs"]:
+        model.train()
+        model.transform.min_size = min_sizes  # GeneralizedRCNNTransform picks one at random in training
+        totals, n = {}, 0
+        for rows in train_ds.iter_batches(batch_size=cfg["batch_size"], batch_format="pandas"):
+            images, targets = _rows_to_batch(rows.to_dict("records"), cfg["flip"], rng)
+            images = [i.to(device) for i in images]
+            targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+            losses = forward(images, targets)
+            loss = sum(losses.values())
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg["clip"])
+            opt.step()
+            state["step"] += 1
+            n += 1
+            for k, v in losses.items():
+                totals[k] = totals.get(k, 0.0) + float(v.detach())
+            totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
+            ray.train.report({"step": state["step"], "epoch": state["epoch"], "train_loss_step": float(loss.detach()),
+                              **{k: float(v.detach()) for k, v in losses.items()}})
+            if max_steps and state["step"] >= max_steps:
+                break
+        # Validation loss, model in eval mode (frozen pose-head batch norm statistics).
+        model.eval()
+        model.transform.min_size = (cfg["val_min_size"],)
+        vtot, vn = 0.0, 0
+        with torch.no_grad():
+            if val_ds is not None:
+                for rows in val_ds.iter_batches(batch_size=cfg["batch_size"], batch_format="pandas"):
+                    images, targets = _rows_to_batch(rows.to_dict("records"), False, rng)
+                    vl = forward([i.to(device) for i in images], [{k: v.to(device) for k, v in t.items()} for t in targets])
+                    vtot += float(sum(vl.values()))
+                    vn += 1
+        val_loss = vtot / max(vn, 1) if vn else totals.get("loss", 0.0) / max(n, 1)
+        if ctx.get_world_size() > 1:
+            t = torch.tensor([val_loss], device=device)
+            torch.distributed.all_reduce(t)
+            val_loss = float(t) / ctx.get_world_size()
+        sched.step(val_loss)
+        if val_loss < state["best_val"]:
+            state["best_val"], state["bad_epochs"] = val_loss, 0
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] += 1
+        metrics = {"step": state["step"], "epoch": state["epoch"], "val_loss": val_loss,
+                   "train_loss": totals.get("loss", 0.0) / max(n, 1), "lr": opt.param_groups[0]["lr"],
+                   **{f"train_{k}": v / max(n, 1) for k, v in totals.items() if k != "loss"}}
+        stop = state["bad_epochs"] >= cfg["early_stop_patience"] or bool(max_steps and state["step"] >= max_steps)
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                extra = {**state, **metrics, "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+                _save_checkpoint(Path(tmp), model, extra, cfg)
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint)
+        if stop:
+            break
+
+
+# --- Driver side -----------------------------------------------------------------------------------
+def latest_checkpoint(output: str, name: str) -> str | None:
+    """The checkpoint folder under ``output/name`` with the highest step (None if there is none)."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(f"{output.rstrip('/')}/{name}")
+    if not fs.exists(root):
+        return None
+    best, best_step = None, -1
+    for path in fs.glob(f"{root}/**/progress.json"):
+        try:
+            step = json.loads(fs.cat_file(path))["step"]
+        except (ValueError, KeyError, OSError):
+            continue
+        if step > best_step:
+            best, best_step = path.rsplit("/", 1)[0], step
+    if best is None:
+        return None
+    protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
+    return best if protocol in ("file", "local") else f"{protocol}://{best}"
+
+
+def _local_arrays(args, work: Path) -> dict[str, str]:
+    """Pose statistics of the data and the reference points, copied to local files for the workers."""
+    import fsspec
+    import numpy as np
+
+    from img2pose_core.bundle import open_bundle
+
+    out = {}
+    for name in ("pose_mean.npy", "pose_stddev.npy"):
+        with fsspec.open(f"{args.data.rstrip('/')}/{name}", "rb") as f:
+            (work / name).write_bytes(f.read())
+        out[name] = str(work / name)
+    source = args.points_bundle or args.init_bundle
+    if source is None:
+        raise SystemExit("train.py: give --points-bundle (or --init-bundle) for the 3D reference points")
+    b = open_bundle(source)
+    for name, arr in (("reference_3d_68_points_trans.npy", b.points_68), ("reference_3d_5_points_trans.npy", b.points_5)):
+        np.save(work / name, arr)
+        out[name] = str(work / name)
+    return out, (str(b.weights_path) if args.init_bundle else None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import ray
+    import ray.data
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    work = Path(tempfile.mkdtemp(prefix="img2pose-train-"))
+    arrays, init_weights = _local_arrays(args, work)
+    min_sizes = [int(s) for s in args.min_sizes.split(",")]
+    resume = latest_checkpoint(args.output, args.name)
+    if resume and "://" in resume:  # workers read the state from a local copy
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(resume)
+        fs.get(path, str(work / "resume"), recursive=True)
+        resume = str(work / "resume")
+    cfg = {
+        "arrays": arrays, "init_weights": init_weights, "name": args.name, "seed": args.seed,
+        "min_sizes": min_sizes, "max_size": args.max_size, "val_min_size": args.val_min_size or max(min_sizes),
+        "batch_size": args.batch_size, "lr": args.lr, "momentum": args.momentum, "weight_decay": args.weight_decay,
+        "clip": args.clip, "flip": not args.no_flip, "rois_per_image": args.rois_per_image,
+        "rpn_train_top_n": args.rpn_train_top_n, "plateau_patience": args.plateau_patience,
+        "early_stop_patience": args.early_stop_patience, "epochs": args.epochs, "max_steps": args.max_steps,
+        "resume_from": resume,
+    }
+    if resume:
+        print(f"train.py: resuming from {resume}", file=sys.stderr)
+    ray.init(ignore_reinit_error=True)
+    data = args.data.rstrip("/")
+    datasets = {"train": ray.data.read_parquet(f"{data}/train").randomize_block_order(seed=args.seed)}
+    try:
+        datasets["val"] = ray.data.read_parquet(f"{data}/val")
+    except Exception:  # no validation split: the training loss stands in
+        pass
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=cfg,
+        scaling_config=ScalingConfig(num_workers=args.workers, use_gpu=args.gpu,
+                                     resources_per_worker={"CPU": args.cpus_per_worker, **({"GPU": 1} if args.gpu else {})}),
+        run_config=RunConfig(name=args.name, storage_path=args.output if "://" in args.output else str(Path(args.output).resolve())),
+        datasets=datasets,
+    )
+    result = trainer.fit()
+    print(json.dumps({"metrics": result.metrics, "checkpoint": result.checkpoint.path if result.checkpoint else None}, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
