@@ -204,9 +204,25 @@ class Predictor:
                 _MODEL_CACHE[key] = model
         return model
 
-    def predict(self, images: Sequence[ImageInput], *, batch_size: int | None = None) -> list[ImageFaces]:
-        """Faces of each image, in input order. Images of the same padded network size share a batch."""
+    def predict(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        batch_size: int | None = None,
+        original_sizes: Sequence[tuple[int, int] | None] | None = None,
+    ) -> list[ImageFaces]:
+        """Faces of each image, in input order. Images of the same padded network size share a batch.
+
+        ``original_sizes`` (``(width, height)`` per image) says that an image is a reduced copy (e.g.
+        decoded at JPEG draft scale) of a picture of that size: coordinates are then reported in the
+        picture's pixels.
+        """
         tensors = [_to_chw_float(img) for img in images]
+        report = [
+            (int(t.shape[2]), int(t.shape[1])) if not original_sizes or original_sizes[i] is None
+            else (int(original_sizes[i][0]), int(original_sizes[i][1]))
+            for i, t in enumerate(tensors)
+        ]  # fmt: skip
         size = batch_size or self.batch_size
         # Batch images of similar aspect ratio together so the padded batch wastes little.
         results: list[ImageFaces | None] = [None] * len(tensors)
@@ -217,7 +233,7 @@ class Predictor:
             net = resized_size(w, h, lo, hi)
             if min(net) < 1:
                 reason = f"{w}x{h} image resizes to {net[0]}x{net[1]} px at min_size {lo} / max_size {hi}"
-                results[i] = ImageFaces.empty(w, h, net, reason)
+                results[i] = ImageFaces.empty(report[i][0], report[i][1], net, reason)
             else:
                 buckets.setdefault(padded_size(*net), []).append(i)
         # Only images that pad to the same network input share a batch: each then sees exactly the
@@ -225,12 +241,13 @@ class Predictor:
         for members in buckets.values():
             for start in range(0, len(members), size):
                 chunk = members[start : start + size]
-                for i, faces in zip(chunk, self._predict_batch([tensors[i] for i in chunk])):
-                    results[i] = faces
+                faces = self._predict_batch([tensors[i] for i in chunk], [report[i] for i in chunk])
+                for i, f in zip(chunk, faces):
+                    results[i] = f
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()
-    def _predict_batch(self, images: list[Tensor]) -> list[ImageFaces]:
+    def _predict_batch(self, images: list[Tensor], report_sizes: list[tuple[int, int]]) -> list[ImageFaces]:
         cuda = self.device.type == "cuda"
         batch = []
         for img in images:
@@ -245,15 +262,15 @@ class Predictor:
             dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
             with torch.autocast("cuda", dtype=dtype):
                 detections = self.model(batch, threshold=self.threshold)
-        return self._describe_faces(detections)
+        return self._describe_faces(detections, report_sizes)
 
-    def _describe_faces(self, detections) -> list[ImageFaces]:
+    def _describe_faces(self, detections, report_sizes: list[tuple[int, int]]) -> list[ImageFaces]:
         """Angles, landmarks and alignment for every face of the batch in one vectorised pass."""
         counts = [len(d.scores) for d in detections]
         dev = self.device
         poses = torch.cat([d.dofs for d in detections]).to(dev, torch.float64) if detections else torch.zeros(0, 6)
         net_wh = torch.tensor([[d.resized_hw[1], d.resized_hw[0]] for d in detections], dtype=torch.int64, device=dev)
-        orig_wh = torch.tensor([[d.original_hw[1], d.original_hw[0]] for d in detections], dtype=torch.float64, device=dev)
+        orig_wh = torch.tensor(report_sizes, dtype=torch.float64, device=dev).reshape(-1, 2)
         index = torch.repeat_interleave(torch.arange(len(detections), device=dev), torch.tensor(counts, device=dev))
         face_net_wh = net_wh[index]
         k = geometry.image_intrinsics(face_net_wh[:, 0], face_net_wh[:, 1])
@@ -266,16 +283,20 @@ class Predictor:
         def split(t: Tensor | None):
             return [None] * len(counts) if t is None else [x.cpu().numpy() for x in torch.split(t, counts)]
 
-        per = zip(detections, split(poses), split(angles), split(lms5), split(matrices), split(lms68))
+        per = zip(detections, report_sizes, split(poses), split(angles), split(lms5), split(matrices), split(lms68))
         out = []
-        for d, pose, ang, l5, mat, l68 in per:
+        for d, (rw, rh), pose, ang, l5, mat, l68 in per:
+            boxes = d.boxes.float().cpu().numpy()
+            if (rw, rh) != (d.original_hw[1], d.original_hw[0]):  # a reduced copy: back to the picture's pixels
+                sx, sy = rw / d.original_hw[1], rh / d.original_hw[0]
+                boxes = (boxes * np.array([sx, sy, sx, sy], dtype=np.float64)).astype(np.float32)
             out.append(
                 ImageFaces(
-                    width=d.original_hw[1],
-                    height=d.original_hw[0],
+                    width=rw,
+                    height=rh,
                     network_size=(d.resized_hw[1], d.resized_hw[0]),
                     scores=d.scores.float().cpu().numpy(),
-                    boxes=d.boxes.float().cpu().numpy(),
+                    boxes=boxes,
                     poses=pose,
                     yaw_pitch_roll=ang,
                     landmarks_5=l5,

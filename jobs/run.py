@@ -197,7 +197,10 @@ def run_job(args: argparse.Namespace) -> int:
         f"({'GPU x%g' % gpus_per_actor if on_gpu else 'CPU'}, actors {pool_min}..{pool_max}, batch {batch_size}, "
         f"min/max size {predictor_kwargs['min_size']}/{predictor_kwargs['max_size']}, threshold {args.threshold})"
     )
-    load = LoadSettings(storage=storage, max_pixels=args.max_pixels, keep_bytes=bool(args.crops))
+    load = LoadSettings(
+        storage=storage, max_pixels=args.max_pixels, keep_bytes=bool(args.crops),
+        reduce_for=(predictor_kwargs["min_size"], predictor_kwargs["max_size"]) if args.fast_decode else None,
+    )  # fmt: skip
     done_ref = ray.put(done) if done is not None else None
     ds = _sources_dataset(specs, storage, args.url_column)
     ds = ds.map_batches(

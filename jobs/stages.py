@@ -63,6 +63,7 @@ class LoadSettings:
     max_pixels: int
     keep_bytes: bool  # the crops stage re-decodes the original bytes
     rows_per_batch: int = 16
+    reduce_for: tuple[int, int] | None = None  # (min_size, max_size): JPEG draft-scale decoding
 
 
 def _row(uri: str, status: str, error: str | None = None, data: bytes | None = None) -> dict:
@@ -74,17 +75,18 @@ def _decode_rows(rows: list[dict], settings: LoadSettings) -> dict[str, np.ndarr
     for r in rows:
         data = r.get("data")
         sha = hashlib.sha256(data).hexdigest() if data is not None else None
-        px, status, error = _EMPTY, r["status"], r["error"]
+        px, status, error, size = _EMPTY, r["status"], r["error"], (-1, -1)
         if status == "pending":
             try:
-                img = decode_image(data, max_pixels=settings.max_pixels)
-                px, status = img.pixels, "ok"
+                img = decode_image(data, max_pixels=settings.max_pixels, reduce_for=settings.reduce_for)
+                px, status, size = img.pixels, "ok", (img.width, img.height)
             except ImageDecodeError as exc:
                 status, error = exc.status, exc.message
         uris.append(r["image_uri"])
         shas.append(sha)
-        widths.append(px.shape[1] if status == "ok" else -1)
-        heights.append(px.shape[0] if status == "ok" else -1)
+        # The picture's full size, even when its pixels were decoded at a reduced scale.
+        widths.append(size[0])
+        heights.append(size[1])
         statuses.append(status)
         errors.append(error)
         pixels.append(px)
@@ -214,12 +216,13 @@ class ModelStage:
         results: dict[int, Any] = {}
         if ok:
             images = [batch["pixels"][i] for i in ok]
+            sizes = [(int(batch["width"][i]), int(batch["height"][i])) for i in ok]
             try:
-                results = dict(zip(ok, self.predictor.predict(images)))
+                results = dict(zip(ok, self.predictor.predict(images, original_sizes=sizes)))
             except Exception:  # noqa: BLE001 - find the image that fails, keep the others
-                for i, img in zip(ok, images):
+                for i, img, size in zip(ok, images, sizes):
                     try:
-                        results[i] = self.predictor.predict([img])[0]
+                        results[i] = self.predictor.predict([img], original_sizes=[size])[0]
                     except Exception as exc:  # noqa: BLE001
                         statuses[i], errors[i] = "inference_error", f"{type(exc).__name__}: {exc}"
         for i, faces in results.items():

@@ -176,3 +176,28 @@ def test_channels_last_gives_the_same_faces(golden_bundle, astronaut, predictor)
     assert len(a) == len(b)
     np.testing.assert_allclose(b.scores, a.scores, atol=1e-4)
     np.testing.assert_allclose(b.poses, a.poses, atol=1e-3)
+
+
+def test_reduced_decoding_reports_in_the_pictures_pixels(golden_bundle, golden_dir):
+    from img2pose_core.imageio import decode_image
+
+    data = (golden_dir / "images" / "teaser.jpg").read_bytes()
+    # min 200: the model shrinks 1280x718 by ~3.6x, so JPEG can decode at 1/2 scale.
+    reduced = decode_image(data, reduce_for=(200, 600))
+    assert reduced.reduced and reduced.pixels.shape[:2] == (359, 640) and (reduced.width, reduced.height) == (1280, 718)
+    assert not decode_image(data, reduce_for=(640, 1400)).reduced  # shrinks < 2x: full decode
+    p = Predictor(str(golden_bundle), device="cpu", threshold=0.9, min_size=200, max_size=600, landmarks_68=True)
+    plain = p.predict([reduced.pixels])[0]  # coordinates of the 640x359 copy
+    mapped = p.predict([reduced.pixels], original_sizes=[(reduced.width, reduced.height)])[0]
+    assert len(plain) == len(mapped) > 0
+    assert (mapped.width, mapped.height) == (1280, 718) and mapped.network_size == plain.network_size
+    sx, sy = 1280 / 640, 718 / 359
+    np.testing.assert_allclose(mapped.boxes, plain.boxes * np.array([sx, sy, sx, sy]), rtol=1e-6, atol=1e-3)
+    np.testing.assert_allclose(mapped.landmarks_5, plain.landmarks_5 * np.array([sx, sy]), rtol=1e-9, atol=1e-6)
+    np.testing.assert_allclose(mapped.landmarks_68, plain.landmarks_68 * np.array([sx, sy]), rtol=1e-9, atol=1e-6)
+    np.testing.assert_allclose(mapped.poses, plain.poses)  # the pose belongs to the network's camera
+    # The alignment maps the picture's landmarks onto the crop template.
+    homog = np.concatenate([mapped.landmarks_5, np.ones((len(mapped), 5, 1))], axis=2)
+    crop_pts = np.einsum("nij,npj->npi", mapped.align_matrices, homog)
+    crop_plain = np.einsum("nij,npj->npi", plain.align_matrices, np.concatenate([plain.landmarks_5, np.ones((len(plain), 5, 1))], 2))
+    np.testing.assert_allclose(crop_pts, crop_plain, atol=1e-6)
