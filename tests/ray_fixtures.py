@@ -39,7 +39,7 @@ class RayHead:
 def ray_head(tmp_path_factory, s3_server) -> Iterator[RayHead]:
     """The cluster's workers inherit the environment of ``ray start``: started after the S3 server,
     they see its (fake) credentials, as a real cluster's workers see theirs."""
-    gcs_port, dash_port = free_port(), free_port()
+    gcs_port, dash_port, client_port, agent_port = free_port(), free_port(), free_port(), free_port()
     temp_dir = tmp_path_factory.mktemp("ray")
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
     # A submitted job's "python" is the first on the cluster's PATH: make it this environment's, as a
@@ -50,6 +50,8 @@ def ray_head(tmp_path_factory, s3_server) -> Iterator[RayHead]:
         RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
         "--num-cpus=2", "--num-gpus=0", "--object-store-memory=1000000000", f"--temp-dir={temp_dir}",
+        # Ports Ray would otherwise fix (10001, 52365): free ones let two test clusters share a machine.
+        f"--ray-client-server-port={client_port}", f"--dashboard-agent-listen-port={agent_port}",
         "--disable-usage-stats",
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
@@ -64,7 +66,39 @@ def ray_head(tmp_path_factory, s3_server) -> Iterator[RayHead]:
     try:
         yield head
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        _stop_cluster([str(temp_dir), f"--port={client_port}"])
+
+
+def _stop_cluster(markers: list[str], timeout_s: float = 20.0) -> None:
+    """Stop this cluster's processes only (``ray stop`` would stop every Ray cluster on the machine).
+
+    The head's daemons carry the cluster's temp dir (or the client server's port) on their command
+    line; workers and agents exit when their raylet does.
+    """
+    import signal
+
+    def ours() -> list[int]:
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if any(m in cmdline for m in markers):
+                pids.append(int(entry.name))
+        return pids
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in ours():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and ours():
+            time.sleep(0.2)
 
 
 def _wait_for_dashboard(url: str, timeout_s: float = 90.0) -> None:
