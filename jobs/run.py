@@ -140,6 +140,8 @@ def run_job(args: argparse.Namespace) -> int:
         bundle = resolve_bundle(args.bundle, storage_options=storage.options_for(args.bundle) if args.bundle else None)
     except BundleError as exc:
         raise JobError(str(exc)) from exc
+    except (ValueError, OSError) as exc:  # a malformed or unreachable bundle URL
+        raise JobError(f"--bundle {args.bundle}: cannot be opened ({type(exc).__name__}: {exc})") from exc
     run_id = args.run_id or new_run_id()
 
     import ray
@@ -272,8 +274,9 @@ def _root_cause(exc: BaseException) -> str:
         if nxt is None or nxt is exc:
             break
         exc = nxt
+    # The first line: Ray 2.60 appends its retry hints below the error's own message.
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[-1] if text else ''}"[:2000]
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:2000]
 
 
 def _load_udf(batch, settings, done):

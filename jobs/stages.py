@@ -112,11 +112,26 @@ def _read_source(uri: str, settings: LoadSettings) -> tuple[bytes | None, str | 
         return None, f"{type(exc).__name__}: {exc}"
 
 
-def _tar_members(uri: str, data: bytes) -> Iterator[dict]:
+def _member_limit(data: bytes, settings: LoadSettings) -> int:
+    """Most bytes a tar member may declare before it is read.
+
+    Found by tests/test_reliability.py: ``mode="r:*"`` also opens gzip/bz2/xz streams, where a shard of
+    2 MB can declare a member of gigabytes (a decompression bomb) that ``extractfile().read()`` would
+    allocate whole. A member of an uncompressed shard is never larger than the shard, which is already
+    in memory; beyond that, 4 bytes a pixel of --max-pixels (uncompressed RGBA) is the largest file an
+    image the job would decode needs.
+    """
+    return max(len(data), 4 * settings.max_pixels)
+
+
+def _tar_members(uri: str, data: bytes, limit: int) -> Iterator[dict]:
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
             for member in tar:
                 if not member.isfile() or not member.name.lower().endswith(IMAGE_EXTENSIONS):
+                    continue
+                if member.size > limit:
+                    yield _row(f"{uri}#{member.name}", "too_large", f"tar member declares {member.size} bytes, above the limit of {limit}")
                     continue
                 f = tar.extractfile(member)
                 yield _row(f"{uri}#{member.name}", "pending", data=f.read() if f else b"")
@@ -153,7 +168,7 @@ def load_images(batch: dict[str, np.ndarray], settings: LoadSettings, done: np.n
             if data is None:
                 pending.append(_row(uri, "unreadable", error))
             else:
-                for row in _tar_members(uri, data):
+                for row in _tar_members(uri, data, _member_limit(data, settings)):
                     pending.append(_row(row["image_uri"], "skipped") if is_done(row["image_uri"]) else row)
                     yield from flush()
                 del data
