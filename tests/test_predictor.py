@@ -169,10 +169,10 @@ def test_predict_command_refuses_bad_arguments(golden_bundle, tmp_path):
 
 
 def test_channels_last_gives_the_same_faces(golden_bundle, astronaut, predictor):
-    # The GPU default; checked here on CPU so that a layout bug cannot hide behind a missing GPU.
-    nhwc = Predictor(str(golden_bundle), device="cpu", threshold=0.0, channels_last=True, **SMALL)
-    assert nhwc.model is not predictor.model and nhwc.model.channels_last
-    a, b = predictor.predict([astronaut])[0], nhwc.predict([astronaut])[0]
+    # The default on every device; the plain NCHW layout must give the same faces.
+    nchw = Predictor(str(golden_bundle), device="cpu", threshold=0.0, channels_last=False, **SMALL)
+    assert nchw.model is not predictor.model and predictor.model.channels_last and not nchw.model.channels_last
+    a, b = predictor.predict([astronaut])[0], nchw.predict([astronaut])[0]
     assert len(a) == len(b)
     np.testing.assert_allclose(b.scores, a.scores, atol=1e-4)
     np.testing.assert_allclose(b.poses, a.poses, atol=1e-3)
