@@ -38,6 +38,7 @@ __all__ = [
     "Timing",
     "time_runs",
     "machine_info",
+    "bundle_from_golden",
     "machine_header",
     "format_table",
     "write_json",
@@ -78,6 +79,27 @@ def golden_checkpoint_state(checkpoint: str | Path | None = None) -> dict[str, T
         path = Path(tmp) / "img2pose_golden.pth"
         torch.save({"fpn_model": module.make_state_dict()}, path)
         return read_state_dict(path)
+
+
+def bundle_from_golden(out: str | Path, golden: Path | None = None, weights: str | Path | None = None) -> Path:
+    """A bundle at ``out`` of the golden weights, pose statistics and 3D reference points.
+
+    ``weights`` defaults to a checkpoint written by the golden ``make_checkpoint.py`` (in the released
+    layout) next to ``out``.
+    """
+    from img2pose_core.bundle import create_bundle
+
+    golden = golden or golden_dir()
+    out = Path(out)
+    if weights is None:
+        weights = out.parent / f"{out.name}-img2pose_v1.pth"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"fpn_model": _make_checkpoint_module(golden).make_state_dict()}, weights)
+    return create_bundle(
+        weights=weights, pose_mean=golden / "pose_mean.npy", pose_stddev=golden / "pose_stddev.npy",
+        points_68=golden / "reference_3d_68_points_trans.npy", points_5=golden / "reference_3d_5_points_trans.npy",
+        out=out,
+    )  # fmt: skip
 
 
 def build_golden_model(device: torch.device | str = "cpu", checkpoint: str | Path | None = None, **settings):

@@ -40,7 +40,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import _make_checkpoint_module, golden_dir, machine_header, machine_info, write_json  # noqa: E402
+from benchmarks._common import bundle_from_golden, golden_dir, machine_header, machine_info, write_json  # noqa: E402
 
 GIB = 1 << 30
 
@@ -62,26 +62,6 @@ def make_corpus(folder: Path, n: int, size: tuple[int, int], per_folder: int = 1
         crop.resize(size).save(path, quality=85)
         paths.append(str(path))
     return paths
-
-
-def make_bundle(out: Path) -> Path:
-    """A bundle of the golden checkpoint (the deterministic weights the tests use)."""
-    import torch
-
-    from img2pose_core.bundle import create_bundle
-
-    golden = golden_dir()
-    weights = out.parent / "golden.pth"
-    torch.save({"fpn_model": _make_checkpoint_module(golden).make_state_dict()}, weights)
-    create_bundle(
-        weights=weights,
-        pose_mean=golden / "pose_mean.npy",
-        pose_stddev=golden / "pose_stddev.npy",
-        points_68=golden / "reference_3d_68_points_trans.npy",
-        points_5=golden / "reference_3d_5_points_trans.npy",
-        out=out,
-    )
-    return out
 
 
 def _memory(pid: int) -> tuple[int, int, str]:
@@ -211,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     expected = make_corpus(work / "corpus", args.images, size)
     print(f"corpus: {len(expected)} JPEGs of {size[0]}x{size[1]} in {work / 'corpus'} ({time.perf_counter() - t:.1f} s)")
-    bundle = args.bundle or str(make_bundle(work / "bundle"))
+    bundle = args.bundle or str(bundle_from_golden(work / "bundle"))
     out = work / "out"
     run_id = f"load-{int(time.time())}"
     cmd = [

@@ -28,12 +28,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import ROOT, golden_dir, machine_header, machine_info, write_json  # noqa: E402
+from benchmarks._common import ROOT, bundle_from_golden, golden_dir, machine_header, machine_info, write_json  # noqa: E402
 
 
 def make_images(folder: Path, n: int, size: tuple[int, int], golden: Path) -> list[Path]:
@@ -51,22 +50,6 @@ def make_images(folder: Path, n: int, size: tuple[int, int], golden: Path) -> li
         path.write_bytes(buf.getvalue())
         paths.append(path)
     return paths
-
-
-def make_bundle(folder: Path, golden: Path) -> Path:
-    from benchmarks._common import golden_checkpoint_state
-    from img2pose_core.bundle import create_bundle
-
-    ckpt = folder / "img2pose_v1.pth"
-    torch.save({"fpn_model": golden_checkpoint_state()}, ckpt)
-    return create_bundle(
-        weights=ckpt,
-        pose_mean=golden / "pose_mean.npy",
-        pose_stddev=golden / "pose_stddev.npy",
-        points_68=golden / "reference_3d_68_points_trans.npy",
-        points_5=golden / "reference_3d_5_points_trans.npy",
-        out=folder / "bundle",
-    )
 
 
 def bare_predictor(paths: list[Path], bundle: Path, args) -> float:
@@ -127,7 +110,7 @@ def main() -> None:
         tmp = Path(tmp)
         (tmp / "images").mkdir()
         paths = make_images(tmp / "images", args.images, (args.width, args.height), golden)
-        bundle = make_bundle(tmp, golden)
+        bundle = bundle_from_golden(tmp / "bundle", golden)
         for r in range(args.runs):
             bare.append(bare_predictor(paths, bundle, args))
             rate, wall_rate, manifest = job(tmp / "images", bundle, tmp / f"out{r}", args)

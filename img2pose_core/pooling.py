@@ -113,10 +113,13 @@ def roi_align_gather(feature: Tensor, rois: Tensor, spatial_scale: float, output
     b, c, h, w = feature.shape
     if rois.shape[0] == 0:
         return feature.new_zeros((0, c, output_size, output_size))
-    table = feature.permute(0, 2, 3, 1).contiguous().view(b * h * w, c)
-    index, weight = roi_align_taps(rois.to(feature.dtype), spatial_scale, h, w, output_size, sampling_ratio)
+    # Like torchvision's op under autocast, reduced-precision features are pooled in float32.
+    compute = torch.float64 if feature.dtype == torch.float64 else torch.float32
+    table = feature.permute(0, 2, 3, 1).to(compute).contiguous().view(b * h * w, c)
+    index, weight = roi_align_taps(rois.to(compute), spatial_scale, h, w, output_size, sampling_ratio)
     pooled = F.embedding_bag(index, table, per_sample_weights=weight, mode="sum")
-    return pooled.view(-1, output_size * output_size, c).transpose(1, 2).reshape(-1, c, output_size, output_size)
+    pooled = pooled.view(-1, output_size * output_size, c).transpose(1, 2).reshape(-1, c, output_size, output_size)
+    return pooled.to(feature.dtype)
 
 
 def multiscale_roi_align_gather(

@@ -180,6 +180,7 @@ class Predictor:
         if not 0.0 <= self.threshold < 1.0:
             raise ValueError(f"threshold must be in [0, 1), not {self.threshold}")
         self.model = self._load_model()
+        self._copy_stream = None  # CUDA stream of host-to-device copies, made on first use
         self._points_5 = torch.as_tensor(self.bundle.points_5, dtype=torch.float64, device=self.device)
         self._points_68 = torch.as_tensor(self.bundle.points_68, dtype=torch.float64, device=self.device)
 
@@ -239,24 +240,41 @@ class Predictor:
                 buckets.setdefault(padded_size(*net), []).append(i)
         # Only images that pad to the same network input share a batch: each then sees exactly the
         # zero border it would see alone, so batching never changes a detection.
-        for members in buckets.values():
-            for start in range(0, len(members), size):
-                chunk = members[start : start + size]
-                faces = self._predict_batch([tensors[i] for i in chunk], [report[i] for i in chunk])
-                for i, f in zip(chunk, faces):
-                    results[i] = f
+        chunks = [members[s : s + size] for members in buckets.values() for s in range(0, len(members), size)]
+        upload = self._upload([tensors[i] for i in chunks[0]]) if chunks else None
+        for n, chunk in enumerate(chunks):
+            current = upload
+            if n + 1 < len(chunks):
+                # Queued before this chunk's compute: on a GPU the copy runs alongside it.
+                upload = self._upload([tensors[i] for i in chunks[n + 1]])
+            faces = self._predict_batch(current, [report[i] for i in chunk])
+            for i, f in zip(chunk, faces):
+                results[i] = f
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()
-    def _predict_batch(self, images: list[Tensor], report_sizes: list[tuple[int, int]]) -> list[ImageFaces]:
-        cuda = self.device.type == "cuda"
-        batch = []
-        for img in images:
-            if cuda and not img.is_cuda:
-                img = img.pin_memory().to(self.device, non_blocking=True)
-            else:
-                img = img.to(self.device)
-            batch.append(img.float().div_(255.0) if img.dtype == torch.uint8 else img.float())
+    def _upload(self, images: list[Tensor]) -> tuple[list[Tensor], Any]:
+        """Images on the device. On CUDA: from pinned memory, non-blocking, on a copy stream, with
+        the event that marks the end of the copies (the compute stream waits on it, not the host)."""
+        if self.device.type != "cuda":
+            return [img.to(self.device) for img in images], None
+        if self._copy_stream is None:
+            self._copy_stream = torch.cuda.Stream(self.device)
+        with torch.cuda.stream(self._copy_stream):
+            on_device = [img if img.is_cuda else img.pin_memory().to(self.device, non_blocking=True) for img in images]
+            done = torch.cuda.Event()
+            done.record(self._copy_stream)
+        return on_device, done
+
+    @torch.inference_mode()
+    def _predict_batch(self, upload: tuple[list[Tensor], Any], report_sizes: list[tuple[int, int]]) -> list[ImageFaces]:
+        images, copied = upload
+        if copied is not None:
+            compute = torch.cuda.current_stream(self.device)
+            compute.wait_event(copied)
+            for img in images:
+                img.record_stream(compute)  # allocated on the copy stream, used on this one
+        batch = [img.float().div_(255.0) if img.dtype == torch.uint8 else img.float() for img in images]
         if self.precision == "fp32":
             detections = self.model(batch, threshold=self.threshold)
         else:

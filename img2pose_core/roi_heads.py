@@ -5,7 +5,7 @@ The original pools every proposal twice (identical RoIAlign settings for both br
 the pose branch on all of them. Here the proposals are pooled once and the pose branch runs only for
 proposals whose face score can still survive: greedy NMS never lets a lower score suppress a higher
 one, so dropping proposals below the caller's threshold before NMS leaves the detections above it
-unchanged.
+unchanged. On CPU the pooling itself is the weighted-gather form of the same RoIAlign (``pooling.py``).
 """
 
 from __future__ import annotations

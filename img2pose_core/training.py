@@ -169,7 +169,6 @@ def _project_np(points: "np.ndarray", rot: "np.ndarray", t: "np.ndarray", k: "np
 
 def _pos_init(points: "np.ndarray", image_pts: "np.ndarray", k: "np.ndarray") -> tuple:
     """Scaled-orthographic (POS) pose estimates from an affine camera fit: rotation and translation (B, ...)."""
-    b = len(image_pts)
     centred = points - points.mean(0)
     a = np.concatenate([centred, np.ones((len(points), 1))], axis=1)  # (P, 4)
     pinv = np.linalg.pinv(a)  # (4, P)

@@ -191,8 +191,12 @@ def run_job(args: argparse.Namespace) -> int:
     bundle_files = None
     bundle_uri = str(bundle.uri)
     if "://" not in bundle_uri or bundle_uri.startswith("file://"):
-        # A local bundle may not exist on other nodes: ship its files through the object store.
-        bundle_files = {p.name: p.read_bytes() for p in bundle.root.iterdir() if p.is_file() and not p.name.startswith(".")}
+        # A local bundle may not exist on other nodes: ship its files through the object store, as
+        # one object the driver holds for the whole run (so restarted actors can still fetch it),
+        # not inside every actor's constructor arguments.
+        bundle_files = ray.put(
+            {p.name: p.read_bytes() for p in bundle.root.iterdir() if p.is_file() and not p.name.startswith(".")}
+        )
 
     _log(
         f"run {run_id}: {len(specs)} input(s) -> {output}; model {bundle.model_sha256[:12]} "

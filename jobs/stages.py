@@ -200,7 +200,7 @@ class ModelStage:
     def __init__(
         self,
         bundle_uri: str | None,
-        bundle_files: dict[str, bytes] | None,
+        bundle_files: Any,  # dict of file name -> bytes, or the driver's ObjectRef of one
         model_sha256: str,
         predictor_kwargs: dict[str, Any],
         torch_threads: int | None,
@@ -213,7 +213,11 @@ class ModelStage:
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        if bundle_files:
+        if bundle_files is not None:
+            if not isinstance(bundle_files, dict):  # the driver's object-store reference
+                import ray
+
+                bundle_files = ray.get(bundle_files)
             uri, bundle = None, open_bundle(_materialise_bundle(bundle_files, model_sha256))
         else:
             uri, bundle = bundle_uri, open_bundle(bundle_uri, storage_options=storage_options)

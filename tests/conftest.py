@@ -7,7 +7,6 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,15 +47,6 @@ def golden_checkpoint(golden_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def golden_bundle(golden_dir, golden_checkpoint, tmp_path_factory) -> Path:
     """A bundle of the golden checkpoint, pose statistics and 3D reference points."""
-    from img2pose_core.bundle import create_bundle
+    from benchmarks._common import bundle_from_golden
 
-    out = tmp_path_factory.mktemp("bundle") / "golden"
-    create_bundle(
-        weights=golden_checkpoint,
-        pose_mean=golden_dir / "pose_mean.npy",
-        pose_stddev=golden_dir / "pose_stddev.npy",
-        points_68=golden_dir / "reference_3d_68_points_trans.npy",
-        points_5=golden_dir / "reference_3d_5_points_trans.npy",
-        out=out,
-    )
-    return out
+    return bundle_from_golden(tmp_path_factory.mktemp("bundle") / "golden", golden_dir, weights=golden_checkpoint)

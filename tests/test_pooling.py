@@ -106,3 +106,17 @@ def _graph_node_names(fn) -> set[str]:
             names.add(type(node).__name__)
             stack.extend(next_fn for next_fn, _ in node.next_functions)
     return names
+
+
+def test_reduced_precision_features_are_pooled_at_float32_coordinates():
+    # Box corners near 1000 px have a resolution of 0.5 px in fp16: the sampling must not use it.
+    g = torch.Generator().manual_seed(11)
+    feature = torch.randn(1, 8, 160, 288, generator=g)
+    rois = torch.tensor([[0.0, 1000.3, 500.7, 1010.9, 511.1]])
+    with torch.inference_mode():
+        expected = roi_align(feature, rois, 7, spatial_scale=0.25, sampling_ratio=2, aligned=False)
+        got = roi_align_gather(feature.to(torch.bfloat16), rois, 0.25, 7, 2)
+    assert got.dtype == torch.bfloat16
+    expected_from_rounded = roi_align(feature.to(torch.bfloat16).float(), rois, 7, 0.25, 2, False)
+    torch.testing.assert_close(got.float(), expected_from_rounded, atol=2e-2, rtol=1e-2)
+    assert (expected - expected_from_rounded).abs().max() < 0.05
