@@ -22,7 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["fpn_level_of_boxes", "feature_scale", "roi_align_taps", "roi_align_gather", "multiscale_roi_align_gather"]
+__all__ = [
+    "fpn_level_of_boxes",
+    "feature_scale",
+    "roi_align_taps",
+    "roi_align_gather",
+    "rois_of",
+    "multiscale_roi_align_rois",
+    "multiscale_roi_align_gather",
+]
 
 # FPN paper, eq. 1: a 224x224 box belongs to level 4 (stride 16).
 CANONICAL_SIZE = 224.0
@@ -122,6 +130,50 @@ def roi_align_gather(feature: Tensor, rois: Tensor, spatial_scale: float, output
     return pooled.to(feature.dtype)
 
 
+def rois_of(boxes: list[Tensor]) -> Tensor:
+    """Per-image boxes as one ``(N, 5)`` tensor: image index, then ``x1, y1, x2, y2``."""
+    if not boxes:
+        return torch.zeros((0, 5))
+    all_boxes = torch.cat(boxes)
+    image_index = torch.repeat_interleave(
+        torch.arange(len(boxes), device=all_boxes.device),
+        torch.tensor([len(b) for b in boxes], device=all_boxes.device),
+    )
+    return torch.cat([image_index[:, None].to(all_boxes.dtype), all_boxes], dim=1)
+
+
+def multiscale_roi_align_rois(
+    features: list[Tensor],
+    rois: Tensor,
+    image_shapes: list[tuple[int, int]],
+    output_size: int = 7,
+    sampling_ratio: int = 2,
+) -> Tensor:
+    """``MultiScaleRoIAlign`` over pyramid ``features`` (finest first) for ``rois`` ``(N, 5)``.
+
+    Returns ``(N, C, output_size, output_size)`` in the order of the rois. Scales are inferred from
+    the largest image of the batch, as torchvision does; each roi's result depends on that roi
+    alone, so pooling a slice of the rois gives exactly those rows.
+    """
+    max_hw = (max(s[0] for s in image_shapes), max(s[1] for s in image_shapes))
+    scales = [feature_scale((int(f.shape[-2]), int(f.shape[-1])), max_hw) for f in features]
+    if len(features) == 1:
+        return roi_align_gather(features[0], rois, scales[0], output_size, sampling_ratio)
+    k_min, k_max = int(-math.log2(scales[0])), int(-math.log2(scales[-1]))
+    levels = fpn_level_of_boxes(rois[:, 1:], k_min, k_max)
+    present = torch.unique(levels).tolist()
+    if len(present) == 1:  # no scatter needed
+        level = int(present[0])
+        return roi_align_gather(features[level], rois, scales[level], output_size, sampling_ratio)
+    channels = int(features[0].shape[1])
+    result = features[0].new_empty((rois.shape[0], channels, output_size, output_size))
+    for level in present:
+        at_level = (levels == level).nonzero().squeeze(1)
+        pooled = roi_align_gather(features[level], rois[at_level], scales[level], output_size, sampling_ratio)
+        result.index_copy_(0, at_level, pooled)
+    return result
+
+
 def multiscale_roi_align_gather(
     features: list[Tensor],
     boxes: list[Tensor],
@@ -132,24 +184,8 @@ def multiscale_roi_align_gather(
     """``MultiScaleRoIAlign`` over pyramid ``features`` (finest first) for per-image ``boxes``.
 
     Returns ``(sum(len(b) for b in boxes), C, output_size, output_size)`` in the order of the boxes.
-    Scales are inferred from the largest image of the batch, as torchvision does.
     """
-    max_hw = (max(s[0] for s in image_shapes), max(s[1] for s in image_shapes))
-    scales = [feature_scale((int(f.shape[-2]), int(f.shape[-1])), max_hw) for f in features]
-    k_min, k_max = int(-math.log2(scales[0])), int(-math.log2(scales[-1]))
-    all_boxes = torch.cat(boxes) if boxes else features[0].new_zeros((0, 4))
-    image_index = torch.repeat_interleave(
-        torch.arange(len(boxes), device=all_boxes.device),
-        torch.tensor([len(b) for b in boxes], device=all_boxes.device),
-    )
-    rois = torch.cat([image_index[:, None].to(all_boxes.dtype), all_boxes], dim=1)
-    if len(features) == 1:
-        return roi_align_gather(features[0], rois, scales[0], output_size, sampling_ratio)
-    channels = int(features[0].shape[1])
-    result = features[0].new_empty((rois.shape[0], channels, output_size, output_size))
-    levels = fpn_level_of_boxes(all_boxes, k_min, k_max)
-    for level, (feature, scale) in enumerate(zip(features, scales)):
-        at_level = (levels == level).nonzero().squeeze(1)
-        if at_level.numel():
-            result.index_copy_(0, at_level, roi_align_gather(feature, rois[at_level], scale, output_size, sampling_ratio))
-    return result
+    rois = rois_of(boxes).to(features[0].device)
+    if rois.shape[0] == 0:
+        return features[0].new_zeros((0, int(features[0].shape[1]), output_size, output_size))
+    return multiscale_roi_align_rois(features, rois, image_shapes, output_size, sampling_ratio)

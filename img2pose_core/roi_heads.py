@@ -11,6 +11,7 @@ unchanged. On CPU the pooling itself is the weighted-gather form of the same RoI
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,7 @@ from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign, batched_nms
 
 from . import geometry
-from .pooling import multiscale_roi_align_gather
+from .pooling import multiscale_roi_align_gather, multiscale_roi_align_rois, rois_of
 
 __all__ = ["PoseHeadSettings", "ClassPredictor", "PosePredictor", "PoseRoIHeads", "RoIOutputs"]
 
@@ -76,6 +77,8 @@ class RoIOutputs:
 class PoseRoIHeads(nn.Module):
     """The two RoI branches of img2pose and their post-processing (inference)."""
 
+    CPU_SLICE = 256  # proposals pooled and scored together on CPU (see _pooled_slices)
+
     def __init__(
         self,
         pose_mean: Tensor,
@@ -110,12 +113,36 @@ class PoseRoIHeads(nn.Module):
         On CPU without gradients this is the weighted-gather form (``pooling.py``), several times
         faster than torchvision's CPU kernel and equal up to float rounding; elsewhere torchvision's op.
         """
-        first = features[self.roi_pool.featmap_names[0]]
-        if self.gather_pooling and first.device.type == "cpu" and not torch.is_grad_enabled():
-            levels = [features[name] for name in self.roi_pool.featmap_names]
-            size, ratio = self.roi_pool.output_size[0], self.roi_pool.sampling_ratio
-            return multiscale_roi_align_gather(levels, proposals, image_shapes, size, ratio)
+        if self._gathers(features):
+            return multiscale_roi_align_gather(self._levels(features), proposals, image_shapes, *self._pool_shape())
         return self.roi_pool(features, proposals, image_shapes)
+
+    def _gathers(self, features: dict[str, Tensor]) -> bool:
+        first = features[self.roi_pool.featmap_names[0]]
+        return self.gather_pooling and first.device.type == "cpu" and not torch.is_grad_enabled()
+
+    def _levels(self, features: dict[str, Tensor]) -> list[Tensor]:
+        return [features[name] for name in self.roi_pool.featmap_names]
+
+    def _pool_shape(self) -> tuple[int, int]:
+        return self.roi_pool.output_size[0], self.roi_pool.sampling_ratio
+
+    def _pooled_slices(self, features, proposals, image_shapes) -> Iterator[tuple[slice, Tensor]]:
+        """Pooled features of the proposals, a slice of them at a time on CPU (all at once elsewhere).
+
+        Slices of ``CPU_SLICE`` proposals keep each buffer (~12 MB) small enough to be reused from
+        the heap; the whole set at once (~50 MB per buffer) is mapped afresh, and page-faulted,
+        on every image. Each proposal's pooling and scores depend on that proposal alone.
+        """
+        total = sum(len(p) for p in proposals)
+        if not self._gathers(features):
+            yield slice(0, total), self.roi_pool(features, proposals, image_shapes)
+            return
+        rois = rois_of(proposals).to(features[self.roi_pool.featmap_names[0]].device)
+        levels = self._levels(features)
+        for start in range(0, total, self.CPU_SLICE):
+            rows = slice(start, min(start + self.CPU_SLICE, total))
+            yield rows, multiscale_roi_align_rois(levels, rois[rows], image_shapes, *self._pool_shape())
 
     def forward(
         self,
@@ -129,11 +156,8 @@ class PoseRoIHeads(nn.Module):
         ``threshold`` is the caller's score threshold: proposals at or below it are dropped before
         the pose branch runs (the result above it is exactly the same).
         """
-        pooled = self.pool(features, proposals, image_shapes)
-        scores = F.softmax(self.class_predictor(self.class_head(pooled)), dim=-1)[:, 1]
-
         counts = [len(p) for p in proposals]
-        device = scores.device
+        device = features[self.roi_pool.featmap_names[0]].device
         image_index = torch.repeat_interleave(torch.arange(len(proposals), device=device), torch.tensor(counts, device=device))
         shapes = torch.tensor(image_shapes, dtype=torch.int64, device=device).reshape(-1, 2)
         hw = shapes[image_index]
@@ -147,12 +171,23 @@ class PoseRoIHeads(nn.Module):
             ],
             dim=1,
         )
-        keep = scores > max(self.settings.score_thresh, float(threshold))
         wh_box = boxes[:, 2:] - boxes[:, :2]
-        keep &= (wh_box >= 1e-2).all(dim=1)
-        keep_idx = keep.nonzero().squeeze(1)
+        usable = (wh_box >= 1e-2).all(dim=1)
+        min_score = max(self.settings.score_thresh, float(threshold))
 
-        dofs = self.box_predictor(self.box_head(pooled[keep_idx]))[:, 6:12]
+        score_parts, keep_parts, kept_pooled = [], [], []
+        for rows, pooled in self._pooled_slices(features, proposals, image_shapes):
+            part = F.softmax(self.class_predictor(self.class_head(pooled)), dim=-1)[:, 1]
+            keep_part = (part > min_score) & usable[rows]
+            score_parts.append(part)
+            keep_parts.append(keep_part)
+            kept_pooled.append(pooled[keep_part])  # only these reach the pose branch
+        if not score_parts:
+            return [RoIOutputs(boxes[:0], boxes.new_zeros(0), boxes.new_zeros((0, 6))) for _ in proposals]
+        scores = torch.cat(score_parts)
+        keep_idx = torch.cat(keep_parts).nonzero().squeeze(1)
+
+        dofs = self.box_predictor(self.box_head(torch.cat(kept_pooled)))[:, 6:12]
         return self.postprocess(dofs, boxes[keep_idx], scores[keep_idx], image_index[keep_idx], hw[keep_idx], len(proposals))
 
     def postprocess(

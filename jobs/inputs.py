@@ -96,14 +96,14 @@ def is_inside(child: str, parent: str) -> bool:
     return cs == ps and (cp == pp or cp.startswith(pp + "/"))
 
 
-def _first_file(fs: fsspec.AbstractFileSystem, path: str, budget: int = 50) -> str | None:
+def _first_file(fs: fsspec.AbstractFileSystem, path: str, budget: int = 50, attempts: int = 8) -> str | None:
     """Some usable file under ``path`` (depth-first, a bounded number of listings), or None."""
     stack = [path]
     while stack and budget > 0:
         budget -= 1
         current = stack.pop()
         try:
-            entries = with_retries(lambda: fs.ls(current, detail=True))
+            entries = with_retries(lambda: fs.ls(current, detail=True), attempts=attempts)
         except FileNotFoundError:
             continue
         dirs = []
@@ -131,7 +131,7 @@ def validate_inputs(uris: list[str], storage: StorageConfig, url_column: str) ->
         except (ImportError, ValueError) as exc:
             raise InputError(f"--input {spec.uri}: unsupported location ({exc})") from exc
         try:
-            _check_input(spec, fs, path, url_column)
+            _check_input(spec, fs, path, url_column, storage.read_attempts)
         except InputError:
             raise
         except Exception as exc:  # noqa: BLE001 - network, credentials, permissions: all say "unreachable"
@@ -139,20 +139,23 @@ def validate_inputs(uris: list[str], storage: StorageConfig, url_column: str) ->
     return specs
 
 
-def _check_input(spec: InputSpec, fs, path: str, url_column: str) -> None:
+def _check_input(spec: InputSpec, fs, path: str, url_column: str, attempts: int = 8) -> None:
+    def retry(fn):
+        return with_retries(fn, attempts=attempts)
+
     if spec.kind == "glob":
-        if not with_retries(lambda: fs.glob(path)):
+        if not retry(lambda: fs.glob(path)):
             raise InputError(f"--input {spec.uri}: the glob matches no files")
         return
     if spec.kind == "prefix":
-        if not with_retries(lambda: fs.exists(path)) and not _lists_anything(fs, path):
+        if not retry(lambda: fs.exists(path)) and not _lists_anything(fs, path, attempts):
             raise InputError(f"--input {spec.uri}: no such folder or prefix")
-        if with_retries(lambda: fs.isfile(path)):
+        if retry(lambda: fs.isfile(path)):
             return  # a single file without a known extension
-        if _first_file(fs, path) is None:
+        if _first_file(fs, path, attempts=attempts) is None:
             raise InputError(f"--input {spec.uri}: no images found (the folder holds no image files or .tar shards)")
         return
-    if not with_retries(lambda: fs.exists(path)):
+    if not retry(lambda: fs.exists(path)):
         raise InputError(f"--input {spec.uri}: no such file")
     if spec.kind == "manifest":
         columns = _manifest_columns(fs, path, spec.uri)
@@ -163,10 +166,10 @@ def _check_input(spec: InputSpec, fs, path: str, url_column: str) -> None:
             )
 
 
-def _lists_anything(fs, path: str) -> bool:
+def _lists_anything(fs, path: str, attempts: int = 8) -> bool:
     # Object stores have no folders: a prefix "exists" only through the keys below it.
     try:
-        return bool(with_retries(lambda: fs.ls(path)))
+        return bool(with_retries(lambda: fs.ls(path), attempts=attempts))
     except FileNotFoundError:
         return False
 

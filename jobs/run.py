@@ -131,11 +131,12 @@ def run_job(args: argparse.Namespace) -> int:
     output = args.output.rstrip("/") if args.output not in ("/",) else args.output
     if "://" not in output:
         output = os.path.abspath(output)
+    checks = storage.for_checks()
     try:
-        specs = validate_inputs(args.input, storage, args.url_column)
+        specs = validate_inputs(args.input, checks, args.url_column)
     except InputError as exc:
         raise JobError(str(exc)) from exc
-    check_output(output, specs, storage)
+    check_output(output, specs, checks)
     try:
         bundle = resolve_bundle(args.bundle, storage_options=storage.options_for(args.bundle) if args.bundle else None)
     except BundleError as exc:

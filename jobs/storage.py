@@ -12,7 +12,7 @@ import os
 import random
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, TypeVar
 
 import fsspec
@@ -102,10 +102,17 @@ class StorageConfig:
     s3_endpoint_url: str | None = None
     read_attempts: int = 8
     extra: dict = field(default_factory=dict)
+    # Checks before any work (inputs, output, bundle) give up within about a minute: an unreachable
+    # or mistyped store is a bad argument there, not a transient fault worth the run's full budget.
+    quick: bool = False
 
     @classmethod
     def from_args(cls, endpoint: str | None) -> "StorageConfig":
         return cls(s3_endpoint_url=endpoint or os.environ.get("AWS_ENDPOINT_URL") or None)
+
+    def for_checks(self) -> "StorageConfig":
+        """The same stores with short timeouts and few retries, for the checks before any work."""
+        return replace(self, read_attempts=2, quick=True)
 
     def options_for(self, uri: str) -> dict:
         """fsspec storage options for ``uri`` (only object-store URLs get any)."""
@@ -115,6 +122,10 @@ class StorageConfig:
                 # botocore's adaptive mode backs off on SlowDown/503 and rate-limits itself.
                 "config_kwargs": {"retries": {"max_attempts": 10, "mode": "adaptive"}},
             }
+            if self.quick:
+                opts["config_kwargs"] = {
+                    "retries": {"max_attempts": 2, "mode": "standard"}, "connect_timeout": 5, "read_timeout": 15,
+                }  # fmt: skip
             if self.s3_endpoint_url:
                 opts["endpoint_url"] = self.s3_endpoint_url
             return opts

@@ -297,6 +297,11 @@ def test_killed_run_resumes_exactly_once(ray_head, golden_bundle, golden_dir, tm
         (lambda t, b: ["--input", str(t / "imgs"), "--output", str(t / "o"), "--bundle", b, "--threshold", "1.5"], "[0, 1)"),
         (lambda t, b: ["--input", str(t / "imgs"), "--output", str(t / "o"), "--bundle", b, "--crops", "100"], "invalid choice"),
         (lambda t, b: ["--input", str(t / "m.csv"), "--output", str(t / "o"), "--bundle", b], "--url-column"),
+        # An object store that refuses connections is a bad argument too: reported within the minute.
+        (lambda t, b: ["--input", "s3://photos/day1/", "--output", str(t / "o"), "--bundle", b,
+                       "--s3-endpoint-url", "http://127.0.0.1:9"], "cannot be reached"),
+        (lambda t, b: ["--input", str(t / "imgs"), "--output", "s3://annotations/out", "--bundle", b,
+                       "--s3-endpoint-url", "http://127.0.0.1:9"], "not writable"),
     ],
 )  # fmt: skip
 def test_bad_arguments_fail_fast_with_a_clear_message(tmp_path, golden_bundle, make_args, message):

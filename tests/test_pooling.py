@@ -120,3 +120,23 @@ def test_reduced_precision_features_are_pooled_at_float32_coordinates():
     expected_from_rounded = roi_align(feature.to(torch.bfloat16).float(), rois, 7, 0.25, 2, False)
     torch.testing.assert_close(got.float(), expected_from_rounded, atol=2e-2, rtol=1e-2)
     assert (expected - expected_from_rounded).abs().max() < 0.05
+
+
+def test_heads_give_the_same_detections_sliced_or_whole(golden_bundle, golden_dir):
+    # CPU pools and scores the proposals a slice at a time; one slice of everything must agree.
+    import numpy as np
+    from PIL import Image
+
+    from img2pose_core.bundle import open_bundle
+
+    model = open_bundle(golden_bundle).build_model(min_size=256, max_size=512)
+    image = torch.from_numpy(np.asarray(Image.open(golden_dir / "images" / "astronaut.jpg").convert("RGB")).copy())
+    tensor = image.permute(2, 0, 1).float() / 255
+    with torch.inference_mode():
+        sliced = model([tensor, tensor.flip(-1)], threshold=0.3)
+        model.roi_heads.CPU_SLICE = 10**6
+        whole = model([tensor, tensor.flip(-1)], threshold=0.3)
+    for a, b in zip(sliced, whole):
+        assert len(a.scores) == len(b.scores) > 0
+        torch.testing.assert_close(a.scores, b.scores, atol=1e-6, rtol=0)
+        torch.testing.assert_close(a.dofs, b.dofs, atol=1e-5, rtol=0)
