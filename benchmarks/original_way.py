@@ -1,9 +1,11 @@
-"""The released img2pose's way of running the RoI stage, kept for comparison only (never in the package).
+"""The released img2pose's way of running the RPN and RoI stages, kept for comparison only (never
+in the package).
 
-The original pools every proposal twice (once per branch, identical RoIAlign settings), runs the pose
-branch on all of them, post-processes every candidate above 0.05 in a per-box Python loop, and
-leaves the caller's threshold to the very end. ``original_way(model)`` swaps that in on a model
-instance, so benchmarks and tests can compare it with the package's path on the same weights.
+The original runs torchvision's RPN NMS over every proposal of every level, pools every proposal
+twice (once per branch, identical RoIAlign settings), runs the pose branch on all of them,
+post-processes every candidate above 0.05 in a per-box Python loop, and leaves the caller's
+threshold to the very end. ``original_way(model)`` swaps that in on a model instance, so benchmarks
+and tests can compare it with the package's path on the same weights.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
+from torchvision.models.detection.rpn import RegionProposalNetwork
 
 from benchmarks.predictor import postprocess_loop
 from img2pose_core.model import Img2Pose
@@ -53,14 +56,17 @@ def original_roi_forward(heads: PoseRoIHeads, features, proposals, image_shapes,
 
 @contextmanager
 def original_way(model: Img2Pose) -> Iterator[Img2Pose]:
-    """Run ``model`` the released implementation's way inside the ``with`` block."""
+    """Run ``model`` the released implementation's way inside the ``with`` block (RPN included:
+    torchvision's NMS over every proposal of every level)."""
     heads = model.roi_heads
 
     def forward(features, proposals, image_shapes, threshold=0.0):
         return original_roi_forward(heads, features, proposals, image_shapes, threshold)
 
     heads.forward = forward
+    model.rpn.filter_proposals = RegionProposalNetwork.filter_proposals.__get__(model.rpn)
     try:
         yield model
     finally:
         del heads.forward
+        del model.rpn.filter_proposals

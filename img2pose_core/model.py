@@ -12,11 +12,12 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
-from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from .roi_heads import PoseHeadSettings, PoseRoIHeads, RoIOutputs
+from .rpn import TopNRegionProposalNetwork
 
 __all__ = ["ModelSettings", "Img2Pose", "ImageDetections", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -88,7 +89,7 @@ class Img2Pose(nn.Module):
             backbone_name="resnet18", weights=None, norm_layer=FrozenBatchNorm2d, trainable_layers=5
         )
         anchors = AnchorGenerator(ANCHOR_SIZES, ASPECT_RATIOS)
-        self.rpn = RegionProposalNetwork(
+        self.rpn = TopNRegionProposalNetwork(
             anchors,
             RPNHead(self.backbone.out_channels, anchors.num_anchors_per_location()[0]),
             fg_iou_thresh=0.7,
