@@ -4,9 +4,9 @@ After its per-level top-k, the RPN runs greedy NMS over every level (about 6000 
 test time) and then keeps only the ``post_nms_top_n`` (1000) best survivors of all levels. On CPU
 that NMS took about a tenth of an image's time. Greedy NMS over the first ``m`` boxes of a level
 (in score order) keeps exactly the boxes the full NMS keeps among those ``m``: a box's fate depends
-only on the boxes before it. So each level is suppressed over a prefix, and the prefix grows (doubling)
-until every box left out scores strictly below the ``n``-th best survivor, with no tie across
-that cut. The kept set is then the one of the full NMS. Survivors with exactly equal scores may
+only on the survivors before it. So each level is suppressed over a prefix, and the prefix grows
+(doubling; the new boxes go through NMS with the survivors so far) until every box left out scores
+strictly below the ``n``-th best survivor, with no tie across that cut. The kept set is then the one of the full NMS. Survivors with exactly equal scores may
 come out in another order, as they already do between torchvision's CPU and CUDA sorts.
 """
 
@@ -34,21 +34,33 @@ def _level_runs(levels: Tensor, scores: Tensor) -> list[tuple[int, int]] | None:
     return list(zip(starts, ends))
 
 
-def batched_nms_top_n(boxes: Tensor, scores: Tensor, levels: Tensor, iou_threshold: float, top_n: int, first: int | None = None) -> Tensor:
+def batched_nms_top_n(
+    boxes: Tensor, scores: Tensor, levels: Tensor, iou_threshold: float, top_n: int, first: int | None = None
+) -> Tensor:
     """The same kept set as ``batched_nms(boxes, scores, levels, iou_threshold)[:top_n]``, sorted by score.
 
     Each level must be one contiguous run in descending score order (what the RPN's per-level top-k
-    produces); otherwise, and for small inputs, this is torchvision's ``batched_nms``.
+    produces); otherwise, and for small inputs, this is torchvision's ``batched_nms``. ``first`` is
+    the initial prefix per level (default ``top_n``).
     """
     runs = _level_runs(levels, scores) if boxes.numel() > 4000 else None
     if runs is None:
         return batched_nms(boxes, scores, levels, iou_threshold)[:top_n]
-    prefix = [min(end - start, first or 2 * top_n) for start, end in runs]
+    empty = torch.zeros(0, dtype=torch.int64, device=boxes.device)
+    kept = [empty] * len(runs)  # per level: survivors so far, in processing order
+    done = [0] * len(runs)  # per level: how many boxes of the run have been through NMS
+    size = [min(end - start, first or top_n) for start, end in runs]
     while True:
+        for i, (start, _) in enumerate(runs):
+            if done[i] < size[i]:
+                # Only the survivors so far can suppress a later box: NMS over them and the new
+                # boxes gives the survivors of the longer prefix without redoing the first part.
+                new = torch.arange(start + done[i], start + size[i], device=boxes.device)
+                candidates = torch.cat([kept[i], new])
+                kept[i] = candidates[nms(boxes[candidates], scores[candidates], iou_threshold)]
+                done[i] = size[i]
         keep_mask = torch.zeros_like(scores, dtype=torch.bool)
-        for (start, _), m in zip(runs, prefix):
-            kept = nms(boxes[start : start + m], scores[start : start + m], iou_threshold)
-            keep_mask[kept + start] = True
+        keep_mask[torch.cat(kept)] = True
         keep = keep_mask.nonzero().squeeze(1)
         keep = keep[scores[keep].sort(descending=True)[1]]
         if len(keep) >= top_n:
@@ -57,10 +69,10 @@ def batched_nms_top_n(boxes: Tensor, scores: Tensor, levels: Tensor, iou_thresho
         else:
             cut, clean_cut = None, True
         grown = False
-        for i, ((start, end), m) in enumerate(zip(runs, prefix)):
+        for i, (start, end) in enumerate(runs):
             # The best box left out of this level must not be able to enter the top n.
-            if m < end - start and (cut is None or not clean_cut or bool(scores[start + m] >= cut)):
-                prefix[i] = min(end - start, 2 * m)
+            if size[i] < end - start and (cut is None or not clean_cut or bool(scores[start + size[i]] >= cut)):
+                size[i] = min(end - start, 2 * size[i])
                 grown = True
         if not grown:
             return keep[:top_n]
