@@ -39,11 +39,13 @@ LEVEL_EPS = 1e-6
 
 
 def feature_scale(feature_hw: tuple[int, int], image_hw: tuple[int, int]) -> float:
-    """The power of two that maps image pixels to cells of a feature map (e.g. 1/4 for stride 4)."""
-    scales = [2.0 ** round(math.log2(float(f) / float(s))) for f, s in zip(feature_hw, image_hw)]
-    if scales[0] != scales[1]:
-        raise ValueError(f"feature map {feature_hw} is not a power-of-two reduction of {image_hw}")
-    return scales[0]
+    """The power of two that maps image pixels to cells of a feature map (e.g. 1/4 for stride 4).
+
+    Taken from the heights, in float32, as torchvision's ``MultiScaleRoIAlign`` does: the widths can
+    disagree when the batch is padded far beyond its largest image (small images).
+    """
+    ratio = torch.tensor(float(feature_hw[0]) / float(image_hw[0]), dtype=torch.float32)
+    return 2.0 ** float(ratio.log2().round())
 
 
 def fpn_level_of_boxes(boxes: Tensor, k_min: int, k_max: int) -> Tensor:

@@ -140,3 +140,16 @@ def test_heads_give_the_same_detections_sliced_or_whole(golden_bundle, golden_di
         assert len(a.scores) == len(b.scores) > 0
         torch.testing.assert_close(a.scores, b.scores, atol=1e-6, rtol=0)
         torch.testing.assert_close(a.dofs, b.dofs, atol=1e-5, rtol=0)
+
+
+def test_small_image_padded_far_beyond_its_width_matches_torchvision():
+    # 42 px wide, padded to 64: the width ratio (16/42) is no power of two; the height decides.
+    g = torch.Generator().manual_seed(13)
+    names = ["0", "1", "2", "3"]
+    features = {name: torch.randn(1, 8, 8 // 2**i, 16 // 2**i, generator=g) for i, name in enumerate(names)}
+    proposals = [torch.tensor([[1.0, 2.0, 30.0, 25.0], [0.0, 0.0, 41.0, 31.0], [5.0, 5.0, 9.0, 12.0]])]
+    reference = MultiScaleRoIAlign(names, output_size=7, sampling_ratio=2)
+    with torch.inference_mode():
+        expected = reference(features, proposals, [(32, 42)])
+        got = multiscale_roi_align_gather([features[n] for n in names], proposals, [(32, 42)], 7, 2)
+    torch.testing.assert_close(got, expected, atol=2e-6, rtol=1e-5)
