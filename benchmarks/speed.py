@@ -147,22 +147,22 @@ def fast_vs_original(bundle, frames, device, runs, min_size, max_size) -> dict:
     def run(model):
         return [_forward(model, [t], 0.8)[0] for t in tensors]
 
-    fast_times, slow_times = [], []
+    variants = {"ours": ours, "original": released}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    outputs = {}
     with original_way(released):
-        run(ours), run(released)  # warm-up
+        for model in variants.values():
+            run(model)  # warm-up
         # Interleaved, so that a change in machine load hits both alike.
         for _ in range(runs):
-            for model, times in ((ours, fast_times), (released, slow_times)):
+            for name, model in variants.items():
                 synchronize(device)
                 start = time.perf_counter()
-                out = run(model)
+                outputs[name] = run(model)
                 synchronize(device)
-                times.append(time.perf_counter() - start)
-                if model is ours:
-                    fast = out
-                else:
-                    slow = out
-    fast_s, slow_s = statistics.median(fast_times), statistics.median(slow_times)
+                times[name].append(time.perf_counter() - start)
+    fast, slow = outputs["ours"], outputs["original"]
+    fast_s, slow_s = statistics.median(times["ours"]), statistics.median(times["original"])
     identical = all(
         len(a.scores) == len(b.scores)
         and torch.allclose(a.scores, b.scores, atol=1e-5)

@@ -127,18 +127,18 @@ class PoseRoIHeads(nn.Module):
     def _pool_shape(self) -> tuple[int, int]:
         return self.roi_pool.output_size[0], self.roi_pool.sampling_ratio
 
-    def _pooled_slices(self, features, proposals, image_shapes) -> Iterator[tuple[slice, Tensor]]:
+    def _pooled_slices(self, features, proposals, image_shapes, rois: Tensor) -> Iterator[tuple[slice, Tensor]]:
         """Pooled features of the proposals, a slice of them at a time on CPU (all at once elsewhere).
 
         Slices of ``CPU_SLICE`` proposals keep each buffer (~12 MB) small enough to be reused from
         the heap; the whole set at once (~50 MB per buffer) is mapped afresh, and page-faulted,
-        on every image. Each proposal's pooling and scores depend on that proposal alone.
+        on every image. Each proposal's pooling and scores depend on that proposal alone. ``rois``
+        are the ``proposals`` as one ``(N, 5)`` tensor (``pooling.rois_of``).
         """
-        total = sum(len(p) for p in proposals)
+        total = rois.shape[0]
         if not self._gathers(features):
             yield slice(0, total), self.roi_pool(features, proposals, image_shapes)
             return
-        rois = rois_of(proposals).to(features[self.roi_pool.featmap_names[0]].device)
         levels = self._levels(features)
         for start in range(0, total, self.CPU_SLICE):
             rows = slice(start, min(start + self.CPU_SLICE, total))
@@ -156,12 +156,12 @@ class PoseRoIHeads(nn.Module):
         ``threshold`` is the caller's score threshold: proposals at or below it are dropped before
         the pose branch runs (the result above it is exactly the same).
         """
-        counts = [len(p) for p in proposals]
         device = features[self.roi_pool.featmap_names[0]].device
-        image_index = torch.repeat_interleave(torch.arange(len(proposals), device=device), torch.tensor(counts, device=device))
+        rois = rois_of(proposals).to(device)
+        image_index = rois[:, 0].to(torch.int64)
         shapes = torch.tensor(image_shapes, dtype=torch.int64, device=device).reshape(-1, 2)
         hw = shapes[image_index]
-        boxes = torch.cat(proposals) if proposals else torch.zeros((0, 4), device=device)
+        boxes = rois[:, 1:]
         boxes = torch.stack(
             [
                 boxes[:, 0].clamp(min=0).minimum(hw[:, 1].to(boxes.dtype)),
@@ -176,7 +176,7 @@ class PoseRoIHeads(nn.Module):
         min_score = max(self.settings.score_thresh, float(threshold))
 
         score_parts, keep_parts, kept_pooled = [], [], []
-        for rows, pooled in self._pooled_slices(features, proposals, image_shapes):
+        for rows, pooled in self._pooled_slices(features, proposals, image_shapes, rois):
             part = F.softmax(self.class_predictor(self.class_head(pooled)), dim=-1)[:, 1]
             keep_part = (part > min_score) & usable[rows]
             score_parts.append(part)

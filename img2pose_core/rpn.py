@@ -6,8 +6,9 @@ that NMS took about a tenth of an image's time. Greedy NMS over the first ``m`` 
 (in score order) keeps exactly the boxes the full NMS keeps among those ``m``: a box's fate depends
 only on the survivors before it. So each level is suppressed over a prefix, and the prefix grows
 (doubling; the new boxes go through NMS with the survivors so far) until every box left out scores
-strictly below the ``n``-th best survivor, with no tie across that cut. The kept set is then the one of the full NMS. Survivors with exactly equal scores may
-come out in another order, as they already do between torchvision's CPU and CUDA sorts.
+strictly below the ``n``-th best survivor, with no tie across that cut. The kept set is then the one
+of the full NMS. Survivors with exactly equal scores may come out in another order, as they already
+do between torchvision's CPU and CUDA sorts.
 """
 
 from __future__ import annotations

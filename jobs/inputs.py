@@ -96,7 +96,7 @@ def is_inside(child: str, parent: str) -> bool:
     return cs == ps and (cp == pp or cp.startswith(pp + "/"))
 
 
-def _first_file(fs: fsspec.AbstractFileSystem, path: str, budget: int = 50, attempts: int = 8) -> str | None:
+def _first_file(fs: fsspec.AbstractFileSystem, path: str, attempts: int, budget: int = 50) -> str | None:
     """Some usable file under ``path`` (depth-first, a bounded number of listings), or None."""
     stack = [path]
     while stack and budget > 0:
@@ -139,7 +139,7 @@ def validate_inputs(uris: list[str], storage: StorageConfig, url_column: str) ->
     return specs
 
 
-def _check_input(spec: InputSpec, fs, path: str, url_column: str, attempts: int = 8) -> None:
+def _check_input(spec: InputSpec, fs, path: str, url_column: str, attempts: int) -> None:
     def retry(fn):
         return with_retries(fn, attempts=attempts)
 
@@ -152,7 +152,7 @@ def _check_input(spec: InputSpec, fs, path: str, url_column: str, attempts: int 
             raise InputError(f"--input {spec.uri}: no such folder or prefix")
         if retry(lambda: fs.isfile(path)):
             return  # a single file without a known extension
-        if _first_file(fs, path, attempts=attempts) is None:
+        if _first_file(fs, path, attempts) is None:
             raise InputError(f"--input {spec.uri}: no images found (the folder holds no image files or .tar shards)")
         return
     if not retry(lambda: fs.exists(path)):
@@ -166,7 +166,7 @@ def _check_input(spec: InputSpec, fs, path: str, url_column: str, attempts: int 
             )
 
 
-def _lists_anything(fs, path: str, attempts: int = 8) -> bool:
+def _lists_anything(fs, path: str, attempts: int) -> bool:
     # Object stores have no folders: a prefix "exists" only through the keys below it.
     try:
         return bool(with_retries(lambda: fs.ls(path), attempts=attempts))
