@@ -390,6 +390,16 @@ class Bundle:
         return self.manifest["files"]["weights"]["sha256"]
 
     @property
+    def digest(self) -> str:
+        """sha256 (hex) of ``bundle.json`` in canonical form: every file's sha256 and every setting.
+
+        Two bundles with the same digest give the same results; the weights' sha256 alone does not
+        say that (the pose statistics, reference points and settings matter as much).
+        """
+        canonical = json.dumps(self.manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+    @property
     def name(self) -> str:
         """The bundle's name from ``bundle.json``."""
         return str(self.manifest.get("name", ""))

@@ -21,10 +21,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageDecodeError", "DecodedImage", "decode_image", "read_image_file", "to_rgb_array"]
+__all__ = ["DEFAULT_MAX_PIXELS", "DECODED_FORMATS", "ImageDecodeError", "DecodedImage", "decode_image", "read_image_file", "to_rgb_array"]
 
 # 100 megapixels: far above any photograph a face model is useful on, far below what exhausts a worker.
 DEFAULT_MAX_PIXELS = 100_000_000
+# The formats the decoder opens (Pillow plugin ids), and no others: Pillow's full set includes parsers
+# that untrusted bytes should never reach (EPS runs Ghostscript where it is installed; PSD, FITS,
+# ICNS ... are rarely exercised). JPEG includes MPO, the multi-picture JPEG of cameras.
+DECODED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "PPM", "AVIF")
 
 
 class ImageDecodeError(Exception):
@@ -96,7 +100,7 @@ def decode_image(
         # Pillow warns (and at 2x errors) on big images by its own global limit; ours is explicit.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=DECODED_FORMATS)
         except UnidentifiedImageError:
             known = _magic_format(data)
             if known:  # the signature of a real format whose header Pillow could not parse
@@ -190,6 +194,12 @@ def _sniff(data: bytes) -> str:
         return "looks like HTML"
     if head.startswith(b"<?xml") or head.startswith(b"<svg"):
         return "looks like XML/SVG, which is not supported"
+    if head.startswith(b"%!ps") or data[:4] == b"\xc5\xd0\xd3\xc6":
+        return "looks like PostScript/EPS, which is never decoded"
+    if head.startswith(b"%pdf"):
+        return "looks like PDF, which is not decoded"
+    if data[:4] == b"8BPS":
+        return "looks like a Photoshop document, which is not decoded"
     try:
         data[:256].decode("utf-8")
         return "looks like text"

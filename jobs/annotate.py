@@ -44,6 +44,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -83,6 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
         "paths, s3://, gs://, https:// or any fsspec URL",
     )  # fmt: skip
     io_.add_argument("--url-column", default="url", help="column of image URLs in manifest inputs")
+    io_.add_argument(
+        "--allow-local-files", action="store_true",
+        help="let manifest rows name files of the worker's own disk (absolute paths, file://, relative paths "
+        "that leave the manifest's folder); refused by default, each such row gets status not_allowed",
+    )  # fmt: skip
+    io_.add_argument(
+        "--read-timeout", type=_positive_float, default=180.0, metavar="SECONDS",
+        help="the most time one input (an image or a tar shard) may take to read, retries included; a "
+        "slower one gets status unreadable and the others of its batch go on",
+    )  # fmt: skip
     io_.add_argument(
         "--output", required=True, metavar="URI",
         help="folder or prefix for faces/, images/, runs/ (and crops/); must not be inside an input",

@@ -15,7 +15,9 @@ SCHEMA_VERSION = 1
 # Status classes of the images table ("ok" or why an image has no faces rows).
 STATUSES = {
     "ok": "decoded and run through the model (num_faces may be 0)",
-    "unreadable": "the bytes could not be read (missing object, permission, store error after retries)",
+    "unreadable": "the bytes could not be read (missing object, permission, unresolvable or refusing host, store error after retries, --read-timeout passed)",
+    "not_a_file": "not a regular file: a named pipe, socket or device, a symbolic link to a folder, a link inside a tar shard (never read)",
+    "not_allowed": "a manifest row naming what the operator did not allow: a local file without --allow-local-files, a path leaving the manifest's folder, another scheme, a cloud metadata service; or a file inside the output (never read)",
     "not_an_image": "not a format the decoder knows (text, HTML, empty file ...)",
     "corrupt": "an image format whose data is truncated or damaged",
     "unsupported": "a valid image in a pixel mode without an RGB meaning",

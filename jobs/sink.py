@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 from collections import Counter
 from datetime import datetime, timezone
 from typing import Iterable
@@ -21,10 +22,15 @@ import pyarrow.parquet as pq
 from ray.data.block import Block, BlockAccessor
 from ray.data.datasource.datasink import Datasink, WriteResult
 
+from .inputs import IGNORED
 from .schema import FACES_SCHEMA, IMAGES_SCHEMA
 from .storage import StorageConfig, join_uri, with_retries
 
-__all__ = ["AnnotationSink", "remove_orphans", "part_name", "explode_faces", "images_table"]
+__all__ = ["AnnotationSink", "remove_orphans", "part_name", "explode_faces", "images_table", "is_part_file", "PART_PATTERN"]
+
+# run_id=<run id>/part-<32 hex>.parquet: the only files the job writes under faces/ and images/.
+PART_PATTERN = re.compile(r"run_id=[A-Za-z0-9_\-][A-Za-z0-9_.\-]*/part-[0-9a-f]{32}\.parquet")
+EXAMPLES = 5  # names of each counted kind kept in the run manifest
 
 
 def part_name(image_uris: Iterable[str]) -> str:
@@ -90,7 +96,7 @@ class AnnotationSink(Datasink[dict]):
     ) -> None:
         self.output, self.storage, self.run_id, self.model_sha256 = output, storage, run_id, model_sha256
         self.rows_per_file = rows_per_file
-        self.totals: dict = {"statuses": {}, "faces": 0, "files": 0, "skipped": 0}
+        self.totals: dict = _empty_result()
 
     @property
     def min_rows_per_write(self) -> int:
@@ -99,13 +105,19 @@ class AnnotationSink(Datasink[dict]):
     def write(self, blocks: Iterable[Block], ctx) -> dict:
         tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
         tables = [t for t in tables if t.num_rows]
-        result = {"statuses": {}, "faces": 0, "files": 0, "skipped": 0}
+        result = _empty_result()
         if not tables:
             return result
         table = pa.concat_tables(tables, promote_options="permissive")
-        skipped = pc.equal(table["status"], "skipped")
-        result["skipped"] = int(pc.sum(skipped).as_py() or 0)
-        table = table.filter(pc.invert(skipped))
+        # Entries counted in the run manifest instead of the tables (skipped, markers, sidecars ...).
+        counted = pc.is_in(table["status"], pa.array(sorted(IGNORED)))
+        for status, uri in zip(table.filter(counted)["status"].to_pylist(), table.filter(counted)["image_uri"].to_pylist()):
+            entry = result["ignored"].setdefault(status, {"count": 0, "examples": []})
+            entry["count"] += 1
+            if len(entry["examples"]) < EXAMPLES:
+                entry["examples"].append(uri)
+        result["skipped"] = result["ignored"].pop("skipped", {}).get("count", 0)
+        table = table.filter(pc.invert(counted))
         if table.num_rows == 0:
             return result
         name = part_name(table["image_uri"].to_pylist())
@@ -123,23 +135,41 @@ class AnnotationSink(Datasink[dict]):
         return result
 
     def on_write_complete(self, write_result: WriteResult[dict]) -> None:
-        totals: dict = {"statuses": Counter(), "faces": 0, "files": 0, "skipped": 0}
+        totals: dict = _empty_result()
+        statuses: Counter = Counter()
         for r in write_result.write_returns:
             if not r:
                 continue
-            totals["statuses"].update(r["statuses"])
+            statuses.update(r["statuses"])
             totals["faces"] += r["faces"]
             totals["files"] += r["files"]
             totals["skipped"] += r["skipped"]
-        totals["statuses"] = dict(totals["statuses"])
+            for reason, entry in r.get("ignored", {}).items():
+                merged = totals["ignored"].setdefault(reason, {"count": 0, "examples": []})
+                merged["count"] += entry["count"]
+                merged["examples"] = sorted(merged["examples"] + entry["examples"])[:EXAMPLES]
+        totals["statuses"] = dict(statuses)
         self.totals = totals
 
     def get_name(self) -> str:
         return "WriteFacesAndImages"
 
 
+def _empty_result() -> dict:
+    return {"statuses": {}, "faces": 0, "files": 0, "skipped": 0, "ignored": {}}
+
+
+def is_part_file(relative: str) -> bool:
+    """Whether ``relative`` (below ``faces/`` or ``images/``) names a file this job writes."""
+    return PART_PATTERN.fullmatch(relative) is not None
+
+
 def remove_orphans(output: str, storage: StorageConfig, log=print) -> int:
-    """Delete faces files that have no images file of the same name (left by a crash mid-write)."""
+    """Delete faces files that have no images file of the same name (left by a crash mid-write).
+
+    Only files named as the job names them are considered: anything else under ``faces/`` is not the
+    job's to delete.
+    """
     fs, root = storage.fs(output)
     faces_root = f"{root.rstrip('/')}/faces"
     images_root = f"{root.rstrip('/')}/images"
@@ -155,7 +185,7 @@ def remove_orphans(output: str, storage: StorageConfig, log=print) -> int:
         images_files = set()
     removed = 0
     for path in faces_files:
-        if not path.endswith(".parquet"):
+        if not is_part_file(path[len(faces_root) :].lstrip("/")):
             continue
         twin = images_root + path[len(faces_root) :]
         if twin not in images_files:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 import tarfile
-import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,7 +22,10 @@ import pyarrow as pa
 
 from img2pose_core.imageio import ImageDecodeError, decode_image
 
-from .inputs import IMAGE_EXTENSIONS
+from img2pose_core.uris import redact_text, redact_uri
+
+from .inputs import classify_directory
+from .reading import ReadLimits, read_concurrently, read_source
 from .schema import FACES_SCHEMA
 from .storage import StorageConfig, join_uri
 
@@ -64,6 +68,14 @@ class LoadSettings:
     keep_bytes: bool  # the crops stage re-decodes the original bytes
     rows_per_batch: int = 16
     reduce_for: tuple[int, int] | None = None  # (min_size, max_size): JPEG draft-scale decoding
+    read_timeout_s: float = 180.0  # the whole read of one source, retries included
+    output_root: str | None = None  # local files resolving into the output are not read
+    parallel_reads: int = 8
+
+    @property
+    def max_file_bytes(self) -> int:
+        """Largest image file read: 8 bytes a pixel of --max-pixels (16-bit RGBA, uncompressed), at least 64 MiB."""
+        return max(64 << 20, 8 * self.max_pixels)
 
 
 def _row(uri: str, status: str, error: str | None = None, data: bytes | None = None) -> dict:
@@ -103,54 +115,88 @@ def _decode_rows(rows: list[dict], settings: LoadSettings) -> dict[str, np.ndarr
     }
 
 
-def _read_source(uri: str, settings: LoadSettings) -> tuple[bytes | None, str | None]:
-    try:
-        return settings.storage.read_bytes(uri), None
-    except FileNotFoundError:
-        return None, f"object not found: {uri}"
-    except Exception as exc:  # noqa: BLE001 - a store failure after retries is this image's status
-        return None, f"{type(exc).__name__}: {exc}"
-
-
 def _member_limit(data: bytes, settings: LoadSettings) -> int:
     """Most bytes a tar member may declare before it is read.
 
-    Found by tests/test_reliability.py: ``mode="r:*"`` also opens gzip/bz2/xz streams, where a shard of
-    2 MB can declare a member of gigabytes (a decompression bomb) that ``extractfile().read()`` would
-    allocate whole. A member of an uncompressed shard is never larger than the shard, which is already
-    in memory; beyond that, 4 bytes a pixel of --max-pixels (uncompressed RGBA) is the largest file an
-    image the job would decode needs.
+    ``mode="r:*"`` also opens gzip/bz2/xz streams, where a shard of 2 MB can declare a member of
+    gigabytes (a decompression bomb) that ``extractfile().read()`` would allocate whole. A member of
+    an uncompressed shard is never larger than the shard, which is already in memory; beyond that,
+    what an image file of --max-pixels may need (:attr:`LoadSettings.max_file_bytes`).
     """
-    return max(len(data), 4 * settings.max_pixels)
+    return max(len(data), settings.max_file_bytes)
 
 
-def _tar_members(uri: str, data: bytes, limit: int) -> Iterator[dict]:
+def _tar_member_kind(member: tarfile.TarInfo) -> str:
+    if member.issym():
+        return f"a symbolic link to {member.linkname!r} inside the shard: not followed"
+    if member.islnk():
+        return f"a hard link to {member.linkname!r} inside the shard: not followed"
+    if member.ischr() or member.isblk():
+        return "a device entry inside the shard: not read"
+    if member.isfifo():
+        return "a named pipe (FIFO) entry inside the shard: not read"
+    return "not a regular file inside the shard: not read"
+
+
+def _tar_members(shown: str, data: bytes, limit: int) -> Iterator[dict]:
+    """Rows for every entry of a shard (folders aside): images to decode, and rows for the rest.
+
+    A name that occurs twice is taken once, from its last entry (what extracting the shard leaves);
+    the earlier entries are ``duplicate``. Sidecars (``x.json`` beside ``x.jpg``) and markers are
+    counted, links, devices and pipes get a ``not_a_file`` row, and every other entry is offered to
+    the decoder, whatever its extension.
+    """
+    members: list[tarfile.TarInfo] = []
+    damage = None
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
-            for member in tar:
-                if not member.isfile() or not member.name.lower().endswith(IMAGE_EXTENSIONS):
-                    continue
-                if member.size > limit:
-                    yield _row(f"{uri}#{member.name}", "too_large", f"tar member declares {member.size} bytes, above the limit of {limit}")
-                    continue
-                f = tar.extractfile(member)
-                yield _row(f"{uri}#{member.name}", "pending", data=f.read() if f else b"")
+        tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:*")
     except (tarfile.TarError, EOFError, OSError) as exc:
-        # A damaged shard: the members read so far were yielded; the shard itself gets a row.
-        yield _row(uri, "corrupt", f"tar shard is damaged: {type(exc).__name__}: {exc}")
+        yield _row(shown, "corrupt", f"tar shard is damaged: {type(exc).__name__}: {exc}")
+        return
+    with tar:
+        try:
+            for member in tar:
+                members.append(member)
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            # A damaged shard: the entries before the damage are read; the shard itself gets a row.
+            damage = f"tar shard is damaged: {type(exc).__name__}: {exc}"
+        entries = [m for m in members if not m.isdir()]
+        last = {m.name: i for i, m in enumerate(entries)}
+        listing = classify_directory([(m.name, "file") for m in entries if m.isfile()])
+        ignored = {r["source_uri"]: r["status"] for r in listing if r["kind"] == "row"}
+        for i, member in enumerate(entries):
+            uri = f"{shown}#{member.name}"
+            if last[member.name] != i:
+                yield _row(uri, "duplicate")
+            elif not member.isfile():
+                yield _row(uri, "not_a_file", _tar_member_kind(member))
+            elif member.name in ignored:
+                yield _row(uri, ignored[member.name])
+            elif member.size > limit:
+                yield _row(uri, "too_large", f"tar member declares {member.size} bytes, above the limit of {limit}")
+            else:
+                try:
+                    f = tar.extractfile(member)
+                    yield _row(uri, "pending", data=f.read() if f else b"")
+                except (tarfile.TarError, EOFError, OSError) as exc:
+                    yield _row(uri, "corrupt", f"tar member cannot be read: {type(exc).__name__}: {exc}")
+    if damage:
+        yield _row(shown, "corrupt", damage)
 
 
 def load_images(batch: dict[str, np.ndarray], settings: LoadSettings, done: np.ndarray | None) -> Iterator[dict]:
-    """Read and decode a batch of sources; yields rows for every image, skipped ones included.
+    """Read and decode a batch of sources; yields rows for every input, counted ones included.
 
-    ``done`` is a sorted array of :func:`uri_digest` of images that already have an ``ok`` row
-    (``--skip-existing``): they are not read again and pass on with status ``skipped``.
+    Sources are read several at a time (:func:`jobs.reading.read_concurrently`), each bounded by
+    ``settings.read_timeout_s``, and decoded as they arrive. ``done`` is a sorted array of
+    :func:`uri_digest` of images that already have an ``ok`` row (``--skip-existing``): they are not
+    read again and pass on with status ``skipped``. URIs are stored with their secrets redacted.
     """
     pending: list[dict] = []
 
-    def flush() -> Iterator[dict]:
+    def flush(final: bool = False) -> Iterator[dict]:
         nonlocal pending
-        while len(pending) >= settings.rows_per_batch:
+        while len(pending) >= settings.rows_per_batch or (final and pending):
             chunk, pending = pending[: settings.rows_per_batch], pending[settings.rows_per_batch :]
             yield _decode_rows(chunk, settings)
 
@@ -161,37 +207,75 @@ def load_images(batch: dict[str, np.ndarray], settings: LoadSettings, done: np.n
         pos = np.searchsorted(done, key)[0]
         return bool(pos < len(done) and done[pos] == key[0])
 
-    for uri, kind in zip(batch["source_uri"], batch["kind"]):
-        uri = str(uri)
-        if kind == "tar":
-            data, error = _read_source(uri, settings)
-            if data is None:
-                pending.append(_row(uri, "unreadable", error))
-            else:
-                for row in _tar_members(uri, data, _member_limit(data, settings)):
-                    pending.append(_row(row["image_uri"], "skipped") if is_done(row["image_uri"]) else row)
-                    yield from flush()
-                del data
-        elif is_done(uri):
-            pending.append(_row(uri, "skipped"))
+    to_read: list[tuple[int, str, str]] = []
+    shown: dict[int, str] = {}
+    statuses = batch["status"] if "status" in batch else [""] * len(batch["source_uri"])
+    errors = batch["error"] if "error" in batch else [""] * len(batch["source_uri"])
+    for index, (uri, kind, status, error) in enumerate(zip(batch["source_uri"], batch["kind"], statuses, errors)):
+        uri, kind = str(uri), str(kind)
+        shown[index] = redact_uri(uri)
+        if kind == "row":
+            pending.append(_row(shown[index], str(status), redact_text(str(error), [uri]) or None))
+        elif kind == "file" and is_done(shown[index]):
+            pending.append(_row(shown[index], "skipped"))
         else:
-            data, error = _read_source(uri, settings)
-            pending.append(_row(uri, "pending", data=data) if data is not None else _row(uri, "unreadable", error))
+            to_read.append((index, uri, kind))
+    yield from flush()
+
+    limits = ReadLimits(settings.read_timeout_s, settings.max_file_bytes, settings.output_root)
+    shard_limits = ReadLimits(settings.read_timeout_s, None, settings.output_root)
+    kinds = {index: kind for index, _, kind in to_read}
+
+    def read(uri: str) -> bytes:
+        return read_source(uri, settings.storage, shard_limits if uri.lower().endswith(".tar") else limits)
+
+    for index, data, failure in read_concurrently(to_read, read, settings.read_timeout_s, settings.parallel_reads):
+        if failure is not None:
+            pending.append(_row(shown[index], failure.status, failure.message))
+        elif kinds[index] == "tar":
+            for row in _tar_members(shown[index], data, _member_limit(data, settings)):
+                skip = row["status"] == "pending" and is_done(row["image_uri"])
+                pending.append(_row(row["image_uri"], "skipped") if skip else row)
+                yield from flush()
+            del data
+        else:
+            pending.append(_row(shown[index], "pending", data=data))
         yield from flush()
-    if pending:
-        yield _decode_rows(pending, settings)
+    yield from flush(final=True)
 
 
-def _materialise_bundle(files: dict[str, bytes], model_sha256: str) -> str:
-    """Write a bundle shipped through the object store into this node's temp dir (once per node)."""
-    root = Path(tempfile.gettempdir()) / "img2pose-bundles" / model_sha256
-    if not (root / "bundle.json").is_file():
-        root.mkdir(parents=True, exist_ok=True)
-        for name, data in sorted(files.items(), key=lambda kv: kv[0] == "bundle.json"):
-            tmp = root / f".{name}.{os.getpid()}.tmp"
-            tmp.write_bytes(data)
-            os.replace(tmp, root / name)
-    return str(root)
+def _private_dir(path: Path) -> Path:
+    """``path`` as a folder that only this user can write (created 0700); refuses one that others can."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise RuntimeError(f"{path} is not a plain folder (a symbolic link?): refusing to keep model files there")
+    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise RuntimeError(f"{path} belongs to another user or others may write it: refusing to keep model files there")
+    return path
+
+
+def materialise_bundle(files: dict[str, bytes], bundle_digest: str, cache_dir: Path | None = None) -> Path:
+    """Write a bundle shipped through the object store into this user's cache, keyed by its digest.
+
+    The folder is per user (``<cache>/shipped/<bundle digest>``, mode 0700, owned by this user) and
+    every file is compared with the shipped bytes on every use, so neither an earlier bundle with the
+    same weights nor a folder planted by someone else can stand in for this one.
+    """
+    from img2pose_core.bundle import default_cache_dir
+
+    root = _private_dir(Path(cache_dir or default_cache_dir()) / "shipped") / bundle_digest
+    root.mkdir(mode=0o700, exist_ok=True)
+    _private_dir(root)
+    # bundle.json last: until it matches, the folder is not this bundle.
+    for name, data in sorted(files.items(), key=lambda kv: kv[0] == "bundle.json"):
+        target = root / name
+        if target.is_file() and not target.is_symlink() and hashlib.sha256(target.read_bytes()).digest() == hashlib.sha256(data).digest():
+            continue
+        tmp = root / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    return root
 
 
 class ModelStage:
@@ -201,10 +285,11 @@ class ModelStage:
         self,
         bundle_uri: str | None,
         bundle_files: Any,  # dict of file name -> bytes, or the driver's ObjectRef of one
-        model_sha256: str,
+        bundle_digest: str,
         predictor_kwargs: dict[str, Any],
         torch_threads: int | None,
         storage_options: dict | None = None,
+        shown_uri: str = "",
     ) -> None:
         import torch
 
@@ -213,20 +298,25 @@ class ModelStage:
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        if bundle_files is not None:
-            if not isinstance(bundle_files, dict):  # the driver's object-store reference
-                import ray
+        where = shown_uri or "the bundle"
+        try:
+            if bundle_files is not None:
+                if not isinstance(bundle_files, dict):  # the driver's object-store reference
+                    import ray
 
-                bundle_files = ray.get(bundle_files)
-            uri, bundle = None, open_bundle(_materialise_bundle(bundle_files, model_sha256))
-        else:
-            uri, bundle = bundle_uri, open_bundle(bundle_uri, storage_options=storage_options)
-        self.predictor = Predictor(bundle, **predictor_kwargs)
+                    bundle_files = ray.get(bundle_files)
+                bundle = open_bundle(materialise_bundle(bundle_files, bundle_digest))
+            else:
+                bundle = open_bundle(bundle_uri, storage_options=storage_options)
+            if bundle.digest != bundle_digest:
+                raise RuntimeError(
+                    f"it now holds bundle {bundle.digest[:12]}, not the {bundle_digest[:12]} the driver checked "
+                    "(changed during the run?)"
+                )
+            self.predictor = Predictor(bundle, **predictor_kwargs)
+        except Exception as exc:  # noqa: BLE001 - say which bundle, not a cache path
+            raise RuntimeError(f"model actor could not load --bundle {where}: {redact_text(str(exc), [bundle_uri or ''])}") from None
         self.model_sha256 = self.predictor.model_sha256
-        if self.model_sha256 != model_sha256:
-            raise RuntimeError(
-                f"bundle {uri or 'shipped by the driver'} holds weights {self.model_sha256[:12]}, the driver validated {model_sha256[:12]}"
-            )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         statuses = [str(s) for s in batch["status"]]

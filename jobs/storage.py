@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import socket
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -18,7 +19,7 @@ from typing import Callable, TypeVar
 import fsspec
 from fsspec.core import url_to_fs
 
-__all__ = ["StorageConfig", "is_transient", "with_retries", "join_uri"]
+__all__ = ["StorageConfig", "is_transient", "with_retries", "join_uri", "exception_chain"]
 
 T = TypeVar("T")
 
@@ -37,7 +38,6 @@ _TRANSIENT_MARKERS = (
     "timeout",
     "connection reset",
     "connection aborted",
-    "connection refused",
     "connectionerror",
     "httpclienterror",
     "server disconnected",
@@ -50,6 +50,9 @@ _TRANSIENT_MARKERS = (
     # s3fs keeps only the server's message: SlowDown says this, a 500 answer to HEAD (no body) the reason.
     "reduce your request rate",
     "internal server error",
+    "too many requests",
+    "bad gateway",
+    "gateway timeout",
 )
 # s3fs turns S3 error codes into OSError errnos (s3fs/errors.py): SlowDown, ServiceUnavailable, 503 and
 # OperationAborted -> EBUSY; InternalError and 500 -> EREMOTEIO. The errno is the reliable signal.
@@ -59,10 +62,49 @@ _TRANSIENT_ERRNOS = frozenset(
 )  # fmt: skip
 
 
+# Errors that no retry mends: a name that does not resolve, a host that refuses connections.
+_PERMANENT_MARKERS = (
+    "name or service not known",
+    "nodename nor servname",
+    "no address associated",
+    "name resolution",
+    "failed to resolve",
+    "getaddrinfo failed",
+    "dnserror",
+    "connection refused",
+    "connectionrefused",
+    "certificate verify failed",
+    "sslerror",
+    "wrong version number",
+)
+
+
+def exception_chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from or during, innermost last."""
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen and len(seen) < 8:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
 def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` looks like throttling or a passing network/store fault (worth a retry)."""
+    """Whether ``exc`` looks like throttling or a passing network/store fault (worth a retry).
+
+    Retried: throttling, server errors (5xx, 429), resets, cut transfers, timeouts. Not retried: a
+    name that does not resolve, a refused connection, a missing object, a refused permission.
+    """
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
         return False
+    chain = exception_chain(exc)
+    if any(isinstance(e, socket.gaierror) or isinstance(e, ConnectionRefusedError) for e in chain):
+        return False
+    described = " ".join(f"{' '.join(c.__name__ for c in type(e).__mro__)} {e}" for e in chain).lower()
+    if any(marker in described for marker in _PERMANENT_MARKERS):
+        return False
+    status = getattr(exc, "status", None) or getattr(exc, "code", None)
+    if isinstance(status, int) and 400 <= status < 600:
+        return status == 429 or status in (500, 502, 503, 504)
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
     # Found by tests/test_reliability.py (fault proxy): a 503 SlowDown on PUT came out of s3fs as
@@ -77,16 +119,28 @@ def is_transient(exc: BaseException) -> bool:
     return any(marker in text for marker in _TRANSIENT_MARKERS)
 
 
-def with_retries(fn: Callable[[], T], *, attempts: int = 8, base_delay: float = 0.2, max_delay: float = 20.0) -> T:
-    """Call ``fn``, retrying transient failures with jittered exponential backoff."""
+def with_retries(
+    fn: Callable[[], T],
+    *,
+    attempts: int = 8,
+    base_delay: float = 0.2,
+    max_delay: float = 20.0,
+    deadline: float | None = None,
+) -> T:
+    """Call ``fn``, retrying transient failures with jittered exponential backoff.
+
+    ``deadline`` (a ``time.monotonic()`` value): no attempt starts, and no wait lasts, past it.
+    """
     for attempt in range(1, attempts + 1):
         try:
             return fn()
         except Exception as exc:  # noqa: BLE001 - classified below
             if attempt == attempts or not is_transient(exc):
                 raise
-            delay = min(max_delay, base_delay * 2 ** (attempt - 1))
-            time.sleep(delay * (0.5 + random.random()))
+            delay = min(max_delay, base_delay * 2 ** (attempt - 1)) * (0.5 + random.random())
+            if deadline is not None and time.monotonic() + delay >= deadline:
+                raise
+            time.sleep(delay)
     raise AssertionError("unreachable")
 
 
@@ -105,6 +159,8 @@ class StorageConfig:
     # Checks before any work (inputs, output, bundle) give up within about a minute: an unreachable
     # or mistyped store is a bad argument there, not a transient fault worth the run's full budget.
     quick: bool = False
+    connect_timeout_s: float = 10.0  # to open a connection
+    idle_timeout_s: float = 30.0  # without a byte received, once connected
 
     @classmethod
     def from_args(cls, endpoint: str | None) -> "StorageConfig":
@@ -119,8 +175,13 @@ class StorageConfig:
         protocol = uri.split("://", 1)[0] if "://" in uri else "file"
         if protocol in ("s3", "s3a"):
             opts: dict = {
-                # botocore's adaptive mode backs off on SlowDown/503 and rate-limits itself.
-                "config_kwargs": {"retries": {"max_attempts": 10, "mode": "adaptive"}},
+                # botocore's adaptive mode backs off on SlowDown/503 and rate-limits itself. Its
+                # default timeouts (60 s each) would let one stalled connection hold a read for
+                # minutes per attempt; the job bounds each input's whole read anyway (--read-timeout).
+                "config_kwargs": {
+                    "retries": {"max_attempts": 10, "mode": "adaptive"},
+                    "connect_timeout": self.connect_timeout_s, "read_timeout": self.idle_timeout_s,
+                },
             }
             if self.quick:
                 opts["config_kwargs"] = {
