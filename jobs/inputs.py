@@ -30,6 +30,7 @@ from typing import Iterable, Iterator
 import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from img2pose_core.uris import is_url, normalise_local, redact_text, redact_uri, scheme_of
 
@@ -53,6 +54,7 @@ __all__ = [
     "is_inside",
     "resolve_manifest_entries",
     "expand_groups",
+    "with_choice",
     "needs_dedupe",
     "source_row",
 ]
@@ -529,14 +531,31 @@ def needs_dedupe(specs: list[InputSpec]) -> bool:
     return "manifest" in kinds or ("glob" in kinds and len(kinds) > 1)
 
 
+_SEP = "\x1f"  # joins a source's fields into one value that sorts readable copies first
+
+
+def with_choice(table: pa.Table) -> pa.Table:
+    """The sources with a ``choice`` column: ``0|kind|status|error`` for a source to read, ``1|...`` for
+    one that is not read. Grouped by URI, the smallest choice wins: a file that one input reads is read,
+    even where another input names it in a way that is refused."""
+    rank = pc.if_else(pc.is_in(table["kind"], pa.array(["file", "tar"])), "0", "1")
+    choice = pc.binary_join_element_wise(rank, table["kind"], table["status"], table["error"], _SEP)
+    return pa.table({"source_uri": table["source_uri"], "choice": choice})
+
+
 def expand_groups(table: pa.Table) -> pa.Table:
-    """Source rows from sources grouped by URI (``count()``, ``max(kind)``, ``max(status)``,
-    ``max(error)``): one row per URI, and a ``duplicate`` row for each further copy."""
+    """Source rows from sources grouped by URI (``count()`` and ``min(choice)``, see :func:`with_choice`):
+    one row per URI, and a ``duplicate`` row for each further copy."""
     counts = table["count()"].to_numpy()
+    parts = [c.split(_SEP, 3) for c in table["min(choice)"].to_pylist()]
     extra = np.repeat(np.arange(table.num_rows), np.maximum(counts - 1, 0))
     n = len(extra)
     schema = pa.schema([(name, pa.string()) for name in ("source_uri", "kind", "status", "error")])
-    kept = pa.table([table["source_uri"], table["max(kind)"], table["max(status)"], table["max(error)"]], schema=schema)
+    kept = pa.table(
+        [table["source_uri"], pa.array([p[1] for p in parts], pa.string()), pa.array([p[2] for p in parts], pa.string()),
+         pa.array([p[3] for p in parts], pa.string())],
+        schema=schema,
+    )  # fmt: skip
     copies = pa.table(
         [table["source_uri"].take(pa.array(extra, pa.int64())), pa.array(["row"] * n, pa.string()),
          pa.array(["duplicate"] * n, pa.string()), pa.array([""] * n, pa.string())],

@@ -22,6 +22,7 @@ from .inputs import (
     InputSpec,
     ManifestPolicy,
     expand_groups,
+    with_choice,
     glob_base,
     is_inside,
     list_prefix,
@@ -172,13 +173,14 @@ def _sources_dataset(
     ds = first.union(*rest) if rest else first
     if not needs_dedupe(specs):
         return ds
-    from ray.data.aggregate import Count, Max
+    from ray.data.aggregate import Count, Min
     from ray.data.context import DataContext, ShuffleStrategy
 
     DataContext.get_current().shuffle_strategy = ShuffleStrategy.HASH_SHUFFLE
     # One partition per CPU of the cluster: Ray's default of 200 costs seconds on a small run, and a
     # partition holds only URIs (about 100 bytes each).
-    grouped = ds.groupby("source_uri", num_partitions=partitions).aggregate(Count(), Max("kind"), Max("status"), Max("error"))
+    choices = ds.map_batches(with_choice, batch_format="pyarrow", num_cpus=0.25)
+    grouped = choices.groupby("source_uri", num_partitions=partitions).aggregate(Count(), Min("choice"))
     return grouped.map_batches(expand_groups, batch_format="pyarrow", num_cpus=0.25)
 
 

@@ -33,6 +33,7 @@ class RayHead:
     address: str  # GCS address for drivers (RAY_ADDRESS)
     dashboard_url: str  # for `ray job submit --address`
     env: dict  # environment for processes that use this cluster
+    temp_dir: Path | None = None  # the cluster's session files and logs
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +62,7 @@ def ray_head(tmp_path_factory, s3_server) -> Iterator[RayHead]:
         address=f"127.0.0.1:{gcs_port}",
         dashboard_url=f"http://127.0.0.1:{dash_port}",
         env=dict(env, RAY_ADDRESS=f"127.0.0.1:{gcs_port}"),
+        temp_dir=Path(temp_dir),
     )
     _wait_for_dashboard(head.dashboard_url)
     try:

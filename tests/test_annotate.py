@@ -117,6 +117,7 @@ def bucket(s3_server, golden_dir):
     for name in expected_bad:
         keys[f"images/bad/{name}"] = (bad_dir / name).read_bytes()
     keys["images/2026/11/img00.json"] = b'{"caption": "a sidecar, not an image"}'
+    keys["images/2026/"] = b""  # a folder marker, as the S3 console's "Create folder" makes
     shard = {}
     for i in range(3):
         shard[f"{i:06d}.jpg"] = _picture(golden_dir, "teaser.jpg", 180, 100 + i)
@@ -196,6 +197,12 @@ def test_job_over_s3_writes_both_tables(ray_head, bucket, golden_bundle, golden_
     manifest = json.loads(fs.cat_file("corpus/out/runs/first.json"))
     assert manifest["counts"]["images"] == images.num_rows
     assert manifest["counts"]["faces"] == faces.num_rows
+    # The sidecar and the folder marker have no row and are counted, by name.
+    not_written = manifest["counts"]["not_written"]
+    assert {k: v["count"] for k, v in not_written.items()} == {"sidecar": 4, "marker": 1}, not_written
+    assert not_written["marker"]["examples"] == ["s3://corpus/images/2026/"]
+    assert not_written["sidecar"]["examples"] == ["s3://corpus/images/2026/11/img00.json"] + [
+        f"s3://corpus/shards/000000.tar#{i:06d}.json" for i in range(3)]
     assert manifest["bundle"]["model_sha256"] == faces["model_sha256"][0].as_py()
 
     # The job's faces are the predictor's faces for the same picture and settings.
@@ -220,12 +227,23 @@ def test_skip_existing_processes_only_new_images(ray_head, bucket, golden_bundle
     new_keys = [f"images/2026/12/new{i}.jpg" for i in range(2)]
     for i, key in enumerate(new_keys):
         bucket["client"].put_object(Bucket="corpus", Key=key, Body=_picture(golden_dir, "teaser.jpg", 200, 300 + i))
+    # Files that are not the job's, under its tables: ignored by --skip-existing (and named), never deleted.
+    foreign = {"corpus/out/images/notes.parquet": pa.table({"note": ["mine"]}),
+               "corpus/out/faces/run_id=mine/analysis.parquet": pa.table({"x": [1.0]})}  # fmt: skip
+    for key, table in foreign.items():
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        fs.pipe_file(key, buf.getvalue())
     args = [
         *S3_INPUTS, "--output", "s3://corpus/out", "--s3-endpoint-url", bucket["endpoint"],
         "--bundle", str(golden_bundle), "--run-id", "second", "--skip-existing", *MODEL_ARGS,
     ]  # fmt: skip
     proc = _job(args, env)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "notes.parquet" in proc.stderr and "ignored" in proc.stderr
+    assert all(fs.exists(key) for key in foreign)
+    for key in foreign:
+        fs.rm_file(key)
     faces, images = _read_tables("corpus/out", fs)
     con = duckdb.connect()
     con.register("images", images)
