@@ -286,7 +286,7 @@ def run_job(args: argparse.Namespace) -> int:
         bundle_files = ray.put({name: (bundle.root / name).read_bytes() for name in names})
 
     _log(
-        f"run {run_id}: {len(specs)} input(s) -> {output}; model {bundle.model_sha256[:12]} "
+        f"run {run_id}: {len(specs)} input(s) -> {redact_uri(output)}; model {bundle.model_sha256[:12]} "
         f"({'GPU x%g' % gpus_per_actor if on_gpu else 'CPU'}, actors {pool_min}..{pool_max}, batch {batch_size}, "
         f"min/max size {predictor_kwargs['min_size']}/{predictor_kwargs['max_size']}, threshold {args.threshold})"
     )

@@ -190,6 +190,13 @@ class StorageConfig:
             if self.s3_endpoint_url:
                 opts["endpoint_url"] = self.s3_endpoint_url
             return opts
+        if protocol in ("http", "https"):
+            import aiohttp
+
+            # aiohttp's default is 300 s per request: a host that accepts and never answers would
+            # hold a listing or a check for minutes per attempt.
+            connect, idle = (5.0, 15.0) if self.quick else (self.connect_timeout_s, self.idle_timeout_s)
+            return {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=idle)}}
         return {}
 
     def fs(self, uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
