@@ -43,6 +43,8 @@ def register(subparsers) -> None:
     p.add_argument("--sample", type=int, default=16, help="with --from-output: how many images with faces to draw (default 16)")
     p.add_argument("--seed", default="0", help="with --from-output: changes which images the sample picks (default 0)")
     p.add_argument("--s3-endpoint-url", default=None, help="S3-compatible endpoint for s3:// URLs (default $AWS_ENDPOINT_URL)")
+    p.add_argument("--catalog", default=None, metavar="URI", help="the job's --catalog, for Iceberg tables (default: plain Parquet under OUTPUT)")
+    p.add_argument("--namespace", default="img2pose", help="the job's --namespace (Iceberg)")
     p.add_argument(
         "--bundle",
         default=None,
@@ -145,7 +147,8 @@ def _render_from_output(args: argparse.Namespace, out: Path) -> int:
     elif args.mesh:
         print("img2pose: note: --mesh needs the 68 landmarks, i.e. --bundle; drawing without it", file=sys.stderr)
     try:
-        tables = OutputTables.open(args.from_output, run_id=args.run_id, s3_endpoint_url=args.s3_endpoint_url)
+        tables = OutputTables.open(args.from_output, run_id=args.run_id, s3_endpoint_url=args.s3_endpoint_url,
+                                   catalog=args.catalog, namespace=args.namespace)  # fmt: skip
     except ReportError as exc:
         print(f"img2pose: error: {exc}", file=sys.stderr)
         return 2

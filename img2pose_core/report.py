@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import os
 import re
 import tarfile
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+from .output import filesystem, storage_options
 
 __all__ = [
     "SECTIONS",
@@ -66,19 +67,8 @@ class ReportError(Exception):
 
 
 # --- Storage ----------------------------------------------------------------------------------------
-def storage_options(uri: str, s3_endpoint_url: str | None = None) -> dict:
-    """fsspec options for ``uri``: an S3 endpoint (argument, else ``$AWS_ENDPOINT_URL``) for s3:// URLs."""
-    protocol = uri.split("://", 1)[0].lower() if "://" in uri else "file"
-    if protocol in ("s3", "s3a"):
-        endpoint = s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
-        return {"endpoint_url": endpoint} if endpoint else {}
-    return {}
-
-
 def _fs(uri: str, s3_endpoint_url: str | None = None):
-    from fsspec.core import url_to_fs
-
-    return url_to_fs(uri, **storage_options(uri, s3_endpoint_url))
+    return filesystem(uri, s3_endpoint_url)
 
 
 def split_shard_uri(uri: str) -> tuple[str, str | None]:
@@ -109,8 +99,9 @@ def read_uri_bytes(uri: str, s3_endpoint_url: str | None = None) -> bytes:
 # --- The tables -------------------------------------------------------------------------------------
 @dataclass
 class OutputTables:
-    """A run output opened for queries: DuckDB views ``images`` (one row per image: its latest run's,
-    or ``run_id``'s) and ``faces`` (the faces of those rows), plus ``images_all`` / ``faces_all``."""
+    """A run output opened for queries (:func:`img2pose_core.output.open_tables`, either form), with two
+    more views: ``sel_images`` (one row per image: its latest state, or its row of ``run_id``) and
+    ``sel_faces`` (the faces of those rows)."""
 
     output: str
     run_id: str | None
@@ -119,56 +110,41 @@ class OutputTables:
     s3_endpoint_url: str | None = None
 
     @classmethod
-    def open(cls, output: str, *, run_id: str | None = None, s3_endpoint_url: str | None = None) -> "OutputTables":
-        import duckdb
-        import pyarrow.dataset as pads
-        from fsspec.implementations.local import LocalFileSystem
+    def open(
+        cls, output: str, *, run_id: str | None = None, s3_endpoint_url: str | None = None,
+        catalog: str | None = None, namespace: str = "img2pose",
+    ) -> "OutputTables":  # fmt: skip
+        from dataclasses import asdict
 
-        from jobs.schema import FACES_SCHEMA
+        from .output import OutputError, open_tables, read_run_manifests
 
         output = str(output).rstrip("/") or "/"
         try:
-            fs, root = _fs(output, s3_endpoint_url)
-        except (ImportError, ValueError) as exc:
-            raise ReportError(f"{output}: cannot open ({exc})") from exc
-        local = isinstance(fs, LocalFileSystem)
-        root = root.rstrip("/")
-
-        def dataset(name: str):
-            path = f"{root}/{name}"
-            try:
-                if not fs.isdir(path):
-                    return None
-                if local:
-                    return pads.dataset(path, format="parquet", partitioning="hive")
-                return pads.dataset(path, format="parquet", partitioning="hive", filesystem=fs)
-            except (OSError, ValueError) as exc:  # pyarrow.ArrowInvalid is a ValueError
-                raise ReportError(f"{output}/{name}: cannot read the table ({exc})") from exc
-
-        images = dataset("images")
-        if images is None:
-            raise ReportError(f"{output}: no images/ table here; is this the --output of jobs/annotate.py?")
-        faces = dataset("faces")
-        con = duckdb.connect()
-        con.register("images_all", images)
-        con.register("faces_all", faces if faces is not None else FACES_SCHEMA.empty_table())
+            con = open_tables(output, catalog=catalog, namespace=namespace, s3_endpoint_url=s3_endpoint_url)
+        except OutputError as exc:
+            raise ReportError(str(exc)) from exc
+        except (OSError, ValueError) as exc:  # pyarrow.ArrowInvalid is a ValueError
+            raise ReportError(f"{output}: cannot read the tables ({exc})") from exc
         if run_id is not None:
-            known = [r for (r,) in con.execute("select distinct run_id from images_all order by 1").fetchall()]
+            known = [r for (r,) in con.execute("select distinct run_id from images order by 1").fetchall()]
             if run_id not in known:
                 shown = ", ".join(known[-10:]) or "none"
                 raise ReportError(f"{output}: no run {run_id!r} in the images table (runs: {shown})")
             literal = "'" + run_id.replace("'", "''") + "'"  # a view cannot take parameters; a known run id
-            con.execute(f"create temp view images as select * from images_all where run_id = {literal}")
-        else:
+            con.execute(f"create temp view sel_images as select * from images where run_id = {literal}")
             con.execute(
-                "create temp view images as select * from images_all qualify row_number() over "
-                "(partition by image_uri order by run_id desc, processed_at desc) = 1"
+                "create temp view sel_faces as select f.* from faces f semi join sel_images i "
+                "on f.image_uri = i.image_uri and f.run_id = i.run_id"
             )
-        con.execute(
-            "create temp view faces as select f.* from faces_all f semi join images i "
-            "on f.image_uri = i.image_uri and f.run_id = i.run_id"
-        )
-        runs = _read_manifests(fs, root, run_id)
+        else:
+            con.execute("create temp view sel_images as select * from latest_images")
+            con.execute("create temp view sel_faces as select * from latest_faces")
+        manifests = read_run_manifests(output, s3_endpoint_url=s3_endpoint_url) if not catalog else [
+            m for m in _iceberg_manifests(catalog, namespace, s3_endpoint_url)
+        ]  # fmt: skip
+        runs = [asdict(m) for m in manifests if run_id is None or m.run_id == run_id]
+        for doc in runs:  # the report's figures read these names
+            doc["duration_s"] = doc.get("pipeline_s")
         return cls(output=output, run_id=run_id, con=con, runs=runs, s3_endpoint_url=s3_endpoint_url)
 
     def rows(self, sql: str, params: list | None = None) -> list[tuple]:
@@ -179,26 +155,12 @@ class OutputTables:
         return rows[0] if rows else None
 
 
-def _read_manifests(fs, root: str, run_id: str | None) -> list[dict]:
-    """The runs' manifests (``runs/<id>.json``, and ``<id>.failed.json`` of failed runs), oldest first."""
-    try:
-        paths = sorted(fs.glob(f"{root}/runs/*.json"))
-    except (OSError, ValueError):
-        return []
-    runs = []
-    for path in paths:
-        try:
-            doc = json.loads(fs.cat_file(path))
-        except (OSError, ValueError):
-            doc = None
-        if not isinstance(doc, dict):
-            name = path.rsplit("/", 1)[-1]
-            doc = {"run_id": name.split(".", 1)[0], "status": "unreadable manifest"}
-        doc.setdefault("status", "failed" if path.endswith(".failed.json") else "succeeded")
-        if run_id is None or str(doc.get("run_id")) == run_id:
-            runs.append(doc)
-    runs.sort(key=lambda d: str(d.get("run_id", "")))
-    return runs
+def _iceberg_manifests(catalog: str, namespace: str, s3_endpoint_url: str | None):
+    from .iceberg import open_catalog, open_tables, runs_rows
+    from .output import RunManifest
+
+    tables = open_tables(open_catalog(catalog, None, s3_endpoint_url), namespace, create=False)
+    return [RunManifest.from_dict(d) for d in runs_rows(tables)]
 
 
 # --- Rendered samples -------------------------------------------------------------------------------
@@ -232,7 +194,7 @@ def render_sample(
     from .render import DEFAULT_AXIS_LENGTH, faces_from_columns, render_faces
 
     picked = tables.con.sql(
-        "select image_uri, run_id, image_sha256, width, height, network_width, network_height from images "
+        "select image_uri, run_id, image_sha256, width, height, network_width, network_height from sel_images "
         "where status = 'ok' and num_faces > 0 order by md5(image_uri || ?), image_uri limit ?",
         params=[str(seed), int(count)],
     ).to_arrow_table()
@@ -241,7 +203,7 @@ def render_sample(
     tables.con.register("_picked", picked)
     faces = tables.con.sql(
         "select f.image_uri, f.score, f.box_x1, f.box_y1, f.box_x2, f.box_y2, f.rx, f.ry, f.rz, f.tx, f.ty, f.tz, "
-        "f.yaw, f.pitch, f.roll, f.landmarks_5, f.align_matrix from faces f join _picked p "
+        "f.yaw, f.pitch, f.roll, f.landmarks_5, f.align_matrix from sel_faces f join _picked p "
         "on f.image_uri = p.image_uri and f.run_id = p.run_id order by f.image_uri, f.face_index"
     ).to_arrow_table()
     tables.con.unregister("_picked")
@@ -481,6 +443,8 @@ def build_report(
     *,
     run_id: str | None = None,
     s3_endpoint_url: str | None = None,
+    catalog: str | None = None,
+    namespace: str = "img2pose",
     crops: int = 24,
     renders: int = 6,
     seed: str = "0",
@@ -490,7 +454,7 @@ def build_report(
 ) -> ReportResult:
     """Write the report of ``output`` to ``out_html`` and its plots to ``<stem>_files/``."""
     started = time.perf_counter()
-    tables = OutputTables.open(output, run_id=run_id, s3_endpoint_url=s3_endpoint_url)
+    tables = OutputTables.open(output, run_id=run_id, s3_endpoint_url=s3_endpoint_url, catalog=catalog, namespace=namespace)
     out_html = Path(out_html)
     files_dir = out_html.with_name(f"{out_html.stem}_files")
     files_dir.mkdir(parents=True, exist_ok=True)
@@ -510,12 +474,12 @@ def build_report(
     # Summary ---------------------------------------------------------------------------------------
     n_images, n_ok, n_faces_img, n_with, n_runs, first, last = q.one(
         "select count(*), count(*) filter (where status = 'ok'), coalesce(sum(num_faces), 0), "
-        "count(*) filter (where num_faces > 0), count(distinct run_id), min(processed_at), max(processed_at) from images"
+        "count(*) filter (where num_faces > 0), count(distinct run_id), min(processed_at), max(processed_at) from sel_images"
     )
     n_faces, n_crops, models = q.one(
-        "select count(*), count(crop_uri), list(distinct model_sha256) from faces"
+        "select count(*), count(crop_uri), list(distinct model_sha256) from sel_faces"
     )
-    models = sorted(set(models or []) | {m for (m,) in q.rows("select distinct model_sha256 from images")})
+    models = sorted(set(models or []) | {m for (m,) in q.rows("select distinct model_sha256 from sel_images")})
     result.figures.update(images=n_images, ok=n_ok, faces=n_faces, runs=n_runs, crops=n_crops)
     scope = f"run <code>{_esc(run_id)}</code>" if run_id else "latest state of every image over all runs"
     summary_rows = [
@@ -572,9 +536,9 @@ def build_report(
         sections["runs"] = '<p class="note">No run manifest (runs/*.json) found for this scope.</p>'
 
     # Status and errors -----------------------------------------------------------------------------
-    status_rows = q.rows("select status, count(*) n from images group by status order by n desc, status")
+    status_rows = q.rows("select status, count(*) n from sel_images group by status order by n desc, status")
     errors = q.rows(
-        "select status, error, count(*) n from images where status != 'ok' group by all "
+        "select status, error, count(*) n from sel_images where status != 'ok' group by all "
         "order by n desc, status, error limit ?",
         [top_errors],
     )
@@ -592,18 +556,18 @@ def build_report(
     # Faces per image -------------------------------------------------------------------------------
     cap = 20
     fpi = q.rows(
-        "select least(num_faces, ?) k, count(*) from images where status = 'ok' group by k order by k", [cap]
+        "select least(num_faces, ?) k, count(*) from sel_images where status = 'ok' group by k order by k", [cap]
     )
     sections["faces-per-image"] = plot("faces_per_image", _plot_faces_per_image(fpi, cap), "faces per image")
 
     # Angles ----------------------------------------------------------------------------------------
     step = 5.0
     angle_hists = {
-        name: q.rows(f"select floor({name} / ?)::bigint b, count(*) from faces group by b order by b", [step])
+        name: q.rows(f"select floor({name} / ?)::bigint b, count(*) from sel_faces group by b order by b", [step])
         for name in ("yaw", "pitch", "roll")
     }
     stats = q.one(
-        "select avg(yaw), stddev_samp(yaw), avg(pitch), stddev_samp(pitch), avg(roll), stddev_samp(roll) from faces"
+        "select avg(yaw), stddev_samp(yaw), avg(pitch), stddev_samp(pitch), avg(roll), stddev_samp(roll) from sel_faces"
     )
     body = plot("angles", _plot_angles(angle_hists, step), "histograms of yaw, pitch and roll")
     body += _table(
@@ -618,7 +582,7 @@ def build_report(
     nbins = int(round(2 * limit / hstep))
     heat = q.rows(
         "select least(greatest(floor((yaw + ?) / ?), 0), ?)::int yb, least(greatest(floor((pitch + ?) / ?), 0), ?)::int pb, "
-        "count(*) from faces group by all",
+        "count(*) from sel_faces group by all",
         [limit, hstep, nbins - 1, limit, hstep, nbins - 1],
     )
     sections["yaw-pitch"] = plot("yaw_pitch", _plot_yaw_pitch(heat, hstep, limit), "yaw by pitch heat map") + (
@@ -629,10 +593,10 @@ def build_report(
     # Scores ----------------------------------------------------------------------------------------
     sbins = 50
     score_rows = q.rows(
-        "select least(greatest(floor(score * ?), 0), ?)::int b, count(*) from faces group by b order by b",
+        "select least(greatest(floor(score * ?), 0), ?)::int b, count(*) from sel_faces group by b order by b",
         [sbins, sbins - 1],
     )
-    quant = q.one("select min(score), quantile_cont(score, 0.5), max(score) from faces")
+    quant = q.one("select min(score), quantile_cont(score, 0.5), max(score) from sel_faces")
     sections["scores"] = plot("scores", _plot_scores(score_rows, sbins), "score distribution") + (
         f'<p class="note">min {_num(quant[0], 3)}, median {_num(quant[1], 3)}, max {_num(quant[2], 3)}.</p>'
         if quant and quant[0] is not None else ""
@@ -642,14 +606,14 @@ def build_report(
     per_octave = 4
     size_hists = {
         name: q.rows(
-            f"select floor(log2(greatest({expr}, 1.0)) * ?)::bigint b, count(*) from faces group by b order by b",
+            f"select floor(log2(greatest({expr}, 1.0)) * ?)::bigint b, count(*) from sel_faces group by b order by b",
             [per_octave],
         )
         for name, expr in (("width", "box_x2 - box_x1"), ("height", "box_y2 - box_y1"))
     }
     sq = q.one(
         "select quantile_cont(box_x2 - box_x1, [0.05, 0.5, 0.95]), quantile_cont(box_y2 - box_y1, [0.05, 0.5, 0.95]) "
-        "from faces"
+        "from sel_faces"
     )
     body = plot("face_sizes", _plot_sizes(size_hists, per_octave), "face box width and height")
     if sq and sq[0]:
@@ -661,7 +625,7 @@ def build_report(
 
     # Crops -----------------------------------------------------------------------------------------
     crop_rows = q.rows(
-        "select crop_uri, score, yaw, pitch, roll from faces where crop_uri is not null "
+        "select crop_uri, score, yaw, pitch, roll from sel_faces where crop_uri is not null "
         "order by md5(crop_uri || ?), crop_uri limit ?",
         [str(seed), int(crops)],
     ) if crops > 0 else []  # fmt: skip

@@ -27,6 +27,8 @@ def register(subparsers) -> None:
     p.add_argument("--renders", type=int, default=6, help="images to draw with their faces (default 6; 0 for none)")
     p.add_argument("--seed", default="0", help="changes which crops and images the samples pick (default 0)")
     p.add_argument("--s3-endpoint-url", default=None, help="S3-compatible endpoint for s3:// URLs (default $AWS_ENDPOINT_URL)")
+    p.add_argument("--catalog", default=None, metavar="URI", help="the job's --catalog, for Iceberg tables (default: plain Parquet under OUTPUT)")
+    p.add_argument("--namespace", default="img2pose", help="the job's --namespace (Iceberg)")
     p.set_defaults(run=run_report)
 
 
@@ -39,6 +41,7 @@ def run_report(args: argparse.Namespace) -> int:
     try:
         result = build_report(
             args.output, args.out, run_id=args.run_id, s3_endpoint_url=args.s3_endpoint_url,
+            catalog=args.catalog, namespace=args.namespace,
             crops=args.crops, renders=args.renders, seed=str(args.seed),
         )  # fmt: skip
     except ReportError as exc:

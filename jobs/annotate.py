@@ -54,6 +54,24 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _column_names(text: str) -> list[str]:
+    from img2pose_core.output import IMAGES_SCHEMA
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"expected distinct column names separated by commas, got {text!r}")
+    taken = [n for n in names if n in IMAGES_SCHEMA.names]
+    if taken:
+        raise argparse.ArgumentTypeError(f"{', '.join(taken)}: already columns of the images table; rename them in the manifest")
+    return names
+
+
+def _namespace(text: str) -> str:
+    if not text or not all(c.isalnum() or c == "_" for c in text):
+        raise argparse.ArgumentTypeError(f"expected letters, digits and '_', got {text!r}")
+    return text
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -113,6 +131,20 @@ def build_parser() -> argparse.ArgumentParser:
     io_.add_argument("--crops", type=int, choices=[112, 224], default=None, help="also write aligned face crops of this size as JPEG under OUTPUT/crops/")
     io_.add_argument("--align", choices=["pose", "arcface"], default="pose", help="alignment templates: img2pose's five pose-dependent ones, or the single ArcFace one (112 only)")
     io_.add_argument("--rows-per-file", type=_positive_int, default=5000, help="target images per Parquet file")
+    io_.add_argument(
+        "--keep-columns", type=_column_names, default=[], metavar="A,B",
+        help="copy these columns of the manifest inputs into the images table, one column each "
+        "(img2dataset's save_additional_columns)",
+    )  # fmt: skip
+
+    t = p.add_argument_group("Iceberg tables (production and nightly runs; without --catalog: plain Parquet under --output)")
+    t.add_argument(
+        "--catalog", default=None, metavar="URI",
+        help="write Apache Iceberg tables faces, images, runs, each run committed atomically: "
+        "sqlite:////abs/path/catalog.db (embedded; the warehouse is OUTPUT/warehouse), rest+https://HOST/PATH, "
+        "or glue (glue://REGION). Credentials from the environment only",
+    )  # fmt: skip
+    t.add_argument("--namespace", default="img2pose", type=_namespace, help="Iceberg namespace of the tables")
 
     m = p.add_argument_group("model")
     m.add_argument("--bundle", default=None, help="model bundle folder or URL (default: $IMG2POSE_BUNDLE, else the official bundle, fetched on first use)")
@@ -136,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved by each model actor")
     r.add_argument("--torch-threads", type=_positive_int, default=None, help="threads of each CPU model actor (default: the node's CPUs / actors)")
     r.add_argument("--sources-per-task", type=_positive_int, default=16, help="files (or tar shards) read and decoded per CPU task")
+    r.add_argument(
+        "--shuffle-partitions", type=_positive_int, default=None,
+        help="partitions of the hash joins that remove duplicate inputs and skip done ones (default: the "
+        "cluster's CPUs); about one per 10 million inputs keeps each under 1 GB",
+    )  # fmt: skip
     return p
 
 

@@ -6,7 +6,7 @@ Every ``--input`` becomes a stream of *sources*, rows ``{"source_uri", "kind", "
 - ``kind="row"``: an entry that is not read, with the ``status`` it gets and why (``error``): a named
   pipe, socket or device (``not_a_file``), a symbolic link to a folder (``not_a_file``: not followed),
   a manifest entry the operator did not allow (``not_allowed``), or an entry that is counted in the
-  run manifest instead of the tables (:data:`IGNORED`: markers, sidecars, empty manifest cells, copies).
+  run manifest instead of the tables (``NOT_WRITTEN`` of :mod:`img2pose_core.output`: markers, sidecars, empty manifest cells, copies).
 
 So every file under an input and every manifest row is accounted for. Which file is what is decided
 from names and listings alone (:func:`classify_directory`), without reading anything. Folders are
@@ -41,7 +41,6 @@ __all__ = [
     "InputSpec",
     "IMAGE_EXTENSIONS",
     "SIDECAR_EXTENSIONS",
-    "IGNORED",
     "MANIFEST_SCHEMES",
     "ManifestPolicy",
     "classify_input",
@@ -57,6 +56,7 @@ __all__ = [
     "with_choice",
     "needs_dedupe",
     "source_row",
+    "SOURCE_COLUMNS",
 ]
 
 IMAGE_EXTENSIONS = (
@@ -75,14 +75,6 @@ SIDECAR_EXTENSIONS = (
 _MARKER_NAMES = ("_SUCCESS", "_FAILURE")
 _MARKER_PREFIXES = ("_committed_", "_started_")
 
-# Statuses of entries that are counted in the run manifest, not written to the tables.
-IGNORED = {
-    "skipped": "already has an ok row (--skip-existing)",
-    "marker": "a writer's completion marker (_SUCCESS, _committed_*, _started_*, .crc) or an object-store folder marker",
-    "sidecar": "metadata beside an image or shard of the same stem (.json, .txt, .parquet ...)",
-    "empty_url": "a manifest row with an empty URL",
-    "duplicate": "the same input again (listed twice, reached through two inputs, or a tar member name repeated)",
-}
 
 # Schemes a manifest may name without --allow-local-files: remote object stores and the web.
 MANIFEST_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "http", "https")
@@ -111,9 +103,15 @@ class ManifestPolicy:
     schemes: tuple[str, ...] = MANIFEST_SCHEMES
 
 
-def source_row(uri: str, kind: str, status: str = "", error: str = "") -> dict:
-    """One source: ``kind`` "file"/"tar" to read, or "row" with the ``status`` it gets without reading."""
-    return {"source_uri": uri, "kind": kind, "status": status, "error": error}
+SOURCE_COLUMNS = ("source_uri", "kind", "status", "error", "kept")
+
+
+def source_row(uri: str, kind: str, status: str = "", error: str = "", kept: str = "") -> dict:
+    """One source: ``kind`` "file"/"tar" to read, or "row" with the ``status`` it gets without reading.
+
+    ``kept``: the manifest columns of ``--keep-columns`` for this source, as JSON ("" for none).
+    """
+    return {"source_uri": uri, "kind": kind, "status": status, "error": error, "kept": kept}
 
 
 def uri_of(fs: fsspec.AbstractFileSystem, path: str) -> str:
@@ -313,11 +311,18 @@ def _first_file(fs: fsspec.AbstractFileSystem, path: str, attempts: int, budget:
     return None
 
 
-def validate_inputs(uris: list[str], storage: StorageConfig, url_column: str) -> list[InputSpec]:
-    """Classify and check every input; raises :class:`InputError` with what to fix (secrets redacted)."""
+def validate_inputs(
+    uris: list[str], storage: StorageConfig, url_column: str, keep_columns: list[str] | tuple = ()
+) -> list[InputSpec]:
+    """Classify and check every input; raises :class:`InputError` with what to fix (secrets redacted).
+
+    ``keep_columns`` (``--keep-columns``) must exist in every manifest input, and there must be one.
+    """
     if not uris:
         raise InputError("no --input given: pass a folder, prefix, glob, .tar shard or .parquet/.csv manifest")
     specs = [classify_input(u) for u in uris]
+    if keep_columns and not any(s.kind == "manifest" for s in specs):
+        raise InputError("--keep-columns copies columns of a manifest: give a .parquet or .csv manifest as --input")
     for i, a in enumerate(specs):
         for b in specs[i + 1 :]:
             if a.uri == b.uri:
@@ -339,7 +344,7 @@ def validate_inputs(uris: list[str], storage: StorageConfig, url_column: str) ->
         except (ImportError, ValueError) as exc:
             raise InputError(f"--input {redact_uri(spec.uri)}: unsupported location ({redact_text(str(exc), [spec.uri])})") from exc
         try:
-            _check_input(spec, fs, path, url_column, storage.read_attempts)
+            _check_input(spec, fs, path, url_column, storage.read_attempts, keep_columns)
         except InputError:
             raise
         except Exception as exc:  # noqa: BLE001 - network, credentials, permissions: all say "unreachable"
@@ -348,7 +353,7 @@ def validate_inputs(uris: list[str], storage: StorageConfig, url_column: str) ->
     return specs
 
 
-def _check_input(spec: InputSpec, fs, path: str, url_column: str, attempts: int) -> None:
+def _check_input(spec: InputSpec, fs, path: str, url_column: str, attempts: int, keep_columns=()) -> None:
     def retry(fn):
         return with_retries(fn, attempts=attempts)
 
@@ -373,6 +378,12 @@ def _check_input(spec: InputSpec, fs, path: str, url_column: str, attempts: int)
             raise InputError(
                 f"--input {shown}: manifest has no column {url_column!r} (columns: {', '.join(columns)}); "
                 f"name the column of image URLs with --url-column"
+            )
+        missing = [c for c in keep_columns if c not in columns]
+        if missing:
+            raise InputError(
+                f"--input {shown}: manifest has no column {', '.join(map(repr, missing))} of --keep-columns "
+                f"(columns: {', '.join(columns)})"
             )
 
 
@@ -515,10 +526,15 @@ def resolve_manifest_entry(raw: object, manifest_uri: str, policy: ManifestPolic
     return source_row(text, source_kind(text))
 
 
-def resolve_manifest_entries(values: Iterable[object], manifest_uri: str, policy: ManifestPolicy) -> dict[str, np.ndarray]:
-    """A numpy batch of source rows for a column of manifest cells."""
+def resolve_manifest_entries(
+    values: Iterable[object], manifest_uri: str, policy: ManifestPolicy, kept: list[str] | None = None
+) -> dict[str, np.ndarray]:
+    """A numpy batch of source rows for a column of manifest cells; ``kept`` holds each row's
+    ``--keep-columns`` values as JSON."""
     rows = [resolve_manifest_entry(v, manifest_uri, policy) for v in values]
-    return {key: np.array([r[key] for r in rows], dtype=object) for key in ("source_uri", "kind", "status", "error")}
+    for row, extra in zip(rows, kept or []):
+        row["kept"] = extra
+    return {key: np.array([r[key] for r in rows], dtype=object) for key in SOURCE_COLUMNS}
 
 
 # --- one row per distinct input --------------------------------------------------------------------
@@ -535,11 +551,13 @@ _SEP = "\x1f"  # joins a source's fields into one value that sorts readable copi
 
 
 def with_choice(table: pa.Table) -> pa.Table:
-    """The sources with a ``choice`` column: ``0|kind|status|error`` for a source to read, ``1|...`` for
-    one that is not read. Grouped by URI, the smallest choice wins: a file that one input reads is read,
-    even where another input names it in a way that is refused."""
+    """The sources with a ``choice`` column: ``0|kind|status|error|kept`` for a source to read, ``1|...``
+    for one that is not read. Grouped by URI, the smallest choice wins: a file that one input reads is
+    read, even where another input names it in a way that is refused."""
     rank = pc.if_else(pc.is_in(table["kind"], pa.array(["file", "tar"])), "0", "1")
-    choice = pc.binary_join_element_wise(rank, table["kind"], table["status"], table["error"], _SEP)
+    kept = table["kept"] if "kept" in table.column_names else pa.array([""] * table.num_rows, pa.string())
+    fields = [pc.fill_null(table[c].cast(pa.string()), "") for c in ("kind", "status", "error")] + [pc.fill_null(kept.cast(pa.string()), "")]
+    choice = pc.binary_join_element_wise(rank, *fields, _SEP)
     return pa.table({"source_uri": table["source_uri"], "choice": choice})
 
 
@@ -547,18 +565,16 @@ def expand_groups(table: pa.Table) -> pa.Table:
     """Source rows from sources grouped by URI (``count()`` and ``min(choice)``, see :func:`with_choice`):
     one row per URI, and a ``duplicate`` row for each further copy."""
     counts = table["count()"].to_numpy()
-    parts = [c.split(_SEP, 3) for c in table["min(choice)"].to_pylist()]
+    parts = [c.split(_SEP, 4) for c in table["min(choice)"].to_pylist()]
     extra = np.repeat(np.arange(table.num_rows), np.maximum(counts - 1, 0))
     n = len(extra)
-    schema = pa.schema([(name, pa.string()) for name in ("source_uri", "kind", "status", "error")])
+    schema = pa.schema([(name, pa.string()) for name in SOURCE_COLUMNS])
     kept = pa.table(
-        [table["source_uri"], pa.array([p[1] for p in parts], pa.string()), pa.array([p[2] for p in parts], pa.string()),
-         pa.array([p[3] for p in parts], pa.string())],
-        schema=schema,
-    )  # fmt: skip
+        [table["source_uri"]] + [pa.array([p[i] for p in parts], pa.string()) for i in range(1, 5)], schema=schema
+    )
     copies = pa.table(
         [table["source_uri"].take(pa.array(extra, pa.int64())), pa.array(["row"] * n, pa.string()),
-         pa.array(["duplicate"] * n, pa.string()), pa.array([""] * n, pa.string())],
+         pa.array(["duplicate"] * n, pa.string()), pa.array([""] * n, pa.string()), pa.array([""] * n, pa.string())],
         schema=schema,
     )  # fmt: skip
     return pa.concat_tables([kept, copies])

@@ -1,4 +1,9 @@
-"""Running the annotation job: checks before any work, the Ray Data pipeline, summary and manifest."""
+"""Running the annotation job: checks before any work, the Ray Data pipeline, the commit, summary and manifest.
+
+The output takes one of two forms (:mod:`img2pose_core.output`): plain Parquet under ``--output``
+(the default), or Apache Iceberg tables in ``--catalog`` (:mod:`img2pose_core.iceberg`), where the
+driver commits the whole run once its files are written.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,6 @@ import uuid
 from datetime import datetime, timezone
 from importlib import metadata
 
-import numpy as np
 import pyarrow as pa
 
 from img2pose_core.uris import normalise_local, redact_text, redact_uri, scheme_of
@@ -31,10 +35,11 @@ from .inputs import (
     split_prefix,
     validate_inputs,
 )
-from .schema import SCHEMA_VERSION
+from img2pose_core.output import LEGACY_PARTITION, RunManifest
+
 from .storage import StorageConfig, join_uri, with_retries
 
-__all__ = ["JobError", "run_job", "check_output", "read_done_digests"]
+__all__ = ["JobError", "run_job", "check_output", "plain_done_files", "kept_schema"]
 
 
 class JobError(RuntimeError):
@@ -66,12 +71,18 @@ def check_output(output: str, specs: list[InputSpec], storage: StorageConfig) ->
         raise JobError(f"--output {redact_uri(output)} is not writable ({cause})") from exc
 
 
-def check_new_run_id(output: str, run_id: str, storage: StorageConfig) -> None:
-    """A run id names one run: refuse one that this output already holds, whatever became of that run."""
+def check_new_run_id(output: str, run_id: str, storage: StorageConfig, tables=None) -> None:
+    """A run id names one run: refuse one that this output (or its Iceberg tables) already holds,
+    whatever became of that run."""
     found = [
-        name for name in (f"runs/{run_id}.json", f"runs/{run_id}.failed.json", f"images/run_id={run_id}", f"faces/run_id={run_id}")
+        name for name in (f"runs/{run_id}.json", f"runs/{run_id}.failed.json", f"images/{run_id}", f"faces/{run_id}")
         if storage.exists(join_uri(output, name))
     ]  # fmt: skip
+    if not found and tables is not None:
+        from img2pose_core.iceberg import run_exists
+
+        if run_exists(tables, run_id):
+            found = [f"a commit in {tables.namespace}"]
     if found:
         raise JobError(
             f"--run-id {run_id} already exists in {redact_uri(output)} ({found[0]}): a run id names one run, and "
@@ -90,47 +101,72 @@ def check_bundle_loads(bundle, shown: str) -> None:
     del model
 
 
-def read_done_digests(output: str, storage: StorageConfig, log=None) -> np.ndarray:
-    """Sorted digests of every image URI with an ``ok`` row in OUTPUT/images (any run).
+def check_layout(output: str, storage: StorageConfig) -> None:
+    """Refuse an output written by schema version 1 (``run_id=<id>/`` folders): mixing both layouts
+    would break every reader. docs/schema.md says how to move such an output."""
+    fs, root = storage.fs(output)
+    for table in ("faces", "images"):
+        try:
+            names = with_retries(lambda: fs.ls(f"{root.rstrip('/')}/{table}", detail=False), attempts=storage.read_attempts)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        legacy = [n.rstrip("/").rsplit("/", 1)[-1] for n in names if LEGACY_PARTITION.fullmatch(n.rstrip("/").rsplit("/", 1)[-1])]
+        if legacy:
+            raise JobError(
+                f"{redact_uri(output)}/{table}/ holds {legacy[0]}/ and maybe more folders of schema version 1; rename "
+                f"each {table}/run_id=<id>/ to {table}/<id>/ (and the same under the other table) before a new run "
+                "writes here (docs/schema.md, 'Schema versions')"
+            )
 
-    Only files named as the job names them are read; others under ``images/`` (a user's own file, a
-    temporary file of another tool) are reported by name and left alone, and a file of the job's name
-    that cannot be read as an images table stops the run with its name.
+
+def plain_done_files(output: str, storage: StorageConfig, log=None) -> list[str]:
+    """The job's part files under ``OUTPUT/images`` (the done set of the plain form).
+
+    Files named otherwise (a user's own file, another tool's) are reported by name and left alone.
     """
-    import pyarrow.dataset as ds
-    import pyarrow.parquet as pq
-
     from .sink import is_part_file
-    from .stages import uri_digest
 
     fs, root = storage.fs(output)
     images_root = f"{root.rstrip('/')}/images"
-    if not with_retries(lambda: fs.exists(images_root), attempts=storage.read_attempts):
-        return np.zeros(0, dtype="S16")
-    files = sorted(with_retries(lambda: fs.find(images_root), attempts=storage.read_attempts))
-    ours = [f for f in files if is_part_file(f[len(images_root) :].lstrip("/"))]
-    foreign = [f[len(images_root) :].lstrip("/") for f in files if f not in set(ours)]
-    if foreign and log:
-        log(f"--skip-existing: {len(foreign)} file(s) under images/ are not the job's and are ignored: "
-            f"{', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}")  # fmt: skip
-    if not ours:
-        return np.zeros(0, dtype="S16")
     try:
-        dataset = ds.dataset(ours, filesystem=fs, format="parquet")
-        table = dataset.to_table(columns=["image_uri"], filter=ds.field("status") == "ok")
-    except Exception:  # noqa: BLE001 - find the file at fault, by name
-        parts = []
-        for path in ours:
-            try:
-                with fs.open(path, "rb") as f:
-                    part = pq.read_table(f, columns=["image_uri", "status"])
-            except Exception as exc:  # noqa: BLE001
-                raise JobError(f"--skip-existing: {path} is not a readable images table ({type(exc).__name__}: {exc}); "
-                               "move it out of the output or delete it") from exc  # fmt: skip
-            parts.append(part.filter(ds.field("status") == "ok").select(["image_uri"]))
-        table = pa.concat_tables(parts)
-    digests = np.array([uri_digest(u) for u in table["image_uri"].to_pylist()], dtype="S16")
-    return np.unique(digests)
+        files = sorted(with_retries(lambda: fs.find(images_root), attempts=storage.read_attempts))
+    except FileNotFoundError:
+        return []
+    ours = [f for f in files if is_part_file(f[len(images_root) :].lstrip("/"))]
+    foreign = sorted(set(files) - set(ours))
+    if foreign and log:
+        shown = [f[len(images_root) :].lstrip("/") for f in foreign]
+        log(f"--skip-existing: {len(foreign)} file(s) under images/ are not the job's and are ignored: "
+            f"{', '.join(shown[:5])}{' ...' if len(shown) > 5 else ''}")  # fmt: skip
+    return ours
+
+
+def kept_schema(specs: list[InputSpec], storage: StorageConfig, keep: list[str]) -> pa.Schema | None:
+    """The Arrow types of the ``--keep-columns`` columns, from the manifests' schemas.
+
+    Numbers, booleans and strings keep their type; anything else, and a column whose manifests
+    disagree on its type, is stored as text.
+    """
+    if not keep:
+        return None
+    import pyarrow.parquet as pq
+
+    types: dict[str, pa.DataType] = {}
+    for spec in specs:
+        if spec.kind != "manifest":
+            continue
+        if spec.uri.lower().endswith(".parquet"):
+            fs, path = storage.fs(spec.uri)
+            with fs.open(path, "rb") as f:
+                schema = pq.read_schema(f)
+            found = {name: schema.field(name).type for name in keep}
+        else:
+            found = {name: pa.string() for name in keep}
+        for name, typ in found.items():
+            plain = pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_boolean(typ) or pa.types.is_string(typ)
+            typ = typ if plain else pa.string()
+            types[name] = typ if types.get(name, typ) == typ else pa.string()
+    return pa.schema([pa.field(name, types[name], nullable=True) for name in keep])
 
 
 def _versions() -> dict:
@@ -144,7 +180,8 @@ def _versions() -> dict:
 
 
 def _sources_dataset(
-    specs: list[InputSpec], storage: StorageConfig, url_column: str, policy: ManifestPolicy, partitions: int
+    specs: list[InputSpec], storage: StorageConfig, url_column: str, policy: ManifestPolicy, partitions: int,
+    keep: list[str],
 ):
     """One Ray dataset of source rows for all inputs; prefixes listed in parallel tasks.
 
@@ -159,7 +196,7 @@ def _sources_dataset(
     subprefixes: list[str] = []
     for spec in specs:
         if spec.kind == "manifest":
-            datasets.append(_manifest_dataset(spec, storage, url_column, policy))
+            datasets.append(_manifest_dataset(spec, storage, url_column, policy, keep))
             continue
         rows, subdirs = split_prefix(spec, storage)
         direct.extend(rows)
@@ -184,30 +221,37 @@ def _sources_dataset(
     return grouped.map_batches(expand_groups, batch_format="pyarrow", num_cpus=0.25)
 
 
-def _manifest_dataset(spec: InputSpec, storage: StorageConfig, url_column: str, policy: ManifestPolicy):
+def _manifest_dataset(spec: InputSpec, storage: StorageConfig, url_column: str, policy: ManifestPolicy, keep: list[str]):
     import pyarrow.csv as pacsv
     import ray.data
 
     fs, path = storage.fs(spec.uri)
+    columns = [url_column] + [c for c in keep if c != url_column]
     if spec.uri.lower().endswith(".parquet"):
-        ds = ray.data.read_parquet(path, filesystem=fs, columns=[url_column])
+        ds = ray.data.read_parquet(path, filesystem=fs, columns=columns, partitioning=None)
     else:
-        # Every column as text: a column of numbers or dates must not change how URLs are read.
-        ds = ray.data.read_csv(path, filesystem=fs, convert_options=pacsv.ConvertOptions(column_types={url_column: pa.string()}))
+        # Every kept column as text, the URL column too: numbers or dates must not change how a cell reads.
+        convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in columns}, include_columns=columns)
+        ds = ray.data.read_csv(path, filesystem=fs, convert_options=convert)
     manifest_uri = spec.uri
 
-    def to_sources(batch: dict) -> dict:
-        return resolve_manifest_entries(batch[url_column], manifest_uri, policy)
+    def to_sources(batch: pa.Table) -> dict:
+        kept = None
+        if keep:
+            values = {c: batch[c].to_pylist() for c in keep}
+            kept = [json.dumps({c: values[c][i] for c in keep}, default=str) for i in range(batch.num_rows)]
+        return resolve_manifest_entries(batch[url_column].to_pylist(), manifest_uri, policy, kept)
 
-    return ds.map_batches(to_sources, batch_format="numpy", batch_size=4096)
+    return ds.map_batches(to_sources, batch_format="pyarrow", batch_size=4096)
 
 
 def run_job(args: argparse.Namespace) -> int:
-    """Validate everything, then run the pipeline; returns the process exit code."""
+    """Validate everything, then run the pipeline and commit; returns the process exit code."""
     from img2pose_core.bundle import BundleError, resolve_bundle
 
     from .annotate import new_run_id
 
+    wall_start = time.perf_counter()
     started_wall = datetime.now(timezone.utc)
     storage = StorageConfig.from_args(args.s3_endpoint_url)
     output = args.output.rstrip("/") if args.output not in ("/",) else args.output
@@ -215,13 +259,16 @@ def run_job(args: argparse.Namespace) -> int:
         output = normalise_local(output)
     checks = storage.for_checks()
     try:
-        specs = validate_inputs(args.input, checks, args.url_column)
+        specs = validate_inputs(args.input, checks, args.url_column, keep_columns=args.keep_columns)
     except InputError as exc:
         raise JobError(str(exc)) from exc
     check_output(output, specs, checks)
+    tables = _open_iceberg(args, output, storage) if args.catalog else None
+    if tables is None:
+        check_layout(output, checks)
     run_id = args.run_id or new_run_id()
-    check_new_run_id(output, run_id, checks)
-    secrets = [args.bundle or "", os.environ.get("IMG2POSE_BUNDLE", "")]
+    check_new_run_id(output, run_id, checks, tables)
+    secrets = [args.bundle or "", os.environ.get("IMG2POSE_BUNDLE", ""), args.catalog or ""]
     try:
         bundle = resolve_bundle(args.bundle, storage_options=storage.options_for(args.bundle) if args.bundle else None)
     except BundleError as exc:
@@ -231,10 +278,12 @@ def run_job(args: argparse.Namespace) -> int:
                        f"({redact_text(f'{type(exc).__name__}: {exc}', secrets)})") from exc  # fmt: skip
     bundle_shown = redact_uri(str(bundle.uri))
     check_bundle_loads(bundle, bundle_shown)
+    kept = kept_schema(specs, checks, args.keep_columns)
 
     import ray
 
-    from .sink import AnnotationSink, remove_orphans
+    from .done import attach_done
+    from .sink import AnnotationSink, TableFolders, remove_orphans
     from .stages import CropStage, LoadSettings, ModelStage
 
     ray.init(ignore_reinit_error=True, logging_level="WARNING", log_to_driver=True)
@@ -257,11 +306,27 @@ def run_job(args: argparse.Namespace) -> int:
     if not on_gpu:
         cpus = int(resources.get("CPU", os.cpu_count() or 1))
         torch_threads = args.torch_threads or max(1, cpus // max(pool_max, 1))
+    partitions = args.shuffle_partitions or max(2, int(resources.get("CPU", 1)))
 
-    removed = remove_orphans(output, storage, log=_log)
-    done = read_done_digests(output, storage, log=_log) if args.skip_existing else None
-    if done is not None:
-        _log(f"--skip-existing: {len(done)} images already have an ok row")
+    removed, dead_runs = 0, []
+    if tables is None:
+        removed = remove_orphans(output, storage, log=_log)
+        folders = TableFolders.plain(output, run_id)
+    else:
+        from img2pose_core.iceberg import remove_dead_runs
+
+        dead_runs = remove_dead_runs(tables, log=_log)
+        folders = TableFolders(tables.data_folder("faces", run_id), tables.data_folder("images", run_id))
+    done_files: list[str] | None = None
+    if args.skip_existing:
+        if tables is None:
+            done_files = plain_done_files(output, storage, log=_log)
+        else:
+            from img2pose_core.iceberg import done_files as iceberg_done_files
+
+            done_files = iceberg_done_files(tables)
+        _log(f"--skip-existing: {len(done_files)} images file(s) hold the done set; joined with the inputs in "
+             f"{partitions} partitions")  # fmt: skip
 
     settings = bundle.settings
     predictor_kwargs = {
@@ -285,8 +350,9 @@ def run_job(args: argparse.Namespace) -> int:
         names = [entry["path"] for entry in bundle.manifest["files"].values()] + ["bundle.json"]
         bundle_files = ray.put({name: (bundle.root / name).read_bytes() for name in names})
 
+    form = f"Iceberg {tables.namespace}" if tables is not None else "Parquet"
     _log(
-        f"run {run_id}: {len(specs)} input(s) -> {redact_uri(output)}; model {bundle.model_sha256[:12]} "
+        f"run {run_id}: {len(specs)} input(s) -> {redact_uri(output)} ({form}); model {bundle.model_sha256[:12]} "
         f"({'GPU x%g' % gpus_per_actor if on_gpu else 'CPU'}, actors {pool_min}..{pool_max}, batch {batch_size}, "
         f"min/max size {predictor_kwargs['min_size']}/{predictor_kwargs['max_size']}, threshold {args.threshold})"
     )
@@ -295,12 +361,13 @@ def run_job(args: argparse.Namespace) -> int:
         reduce_for=(predictor_kwargs["min_size"], predictor_kwargs["max_size"]) if args.fast_decode else None,
         read_timeout_s=args.read_timeout, output_root=output,
     )  # fmt: skip
-    done_ref = ray.put(done) if done is not None else None
     policy = ManifestPolicy(allow_local_files=args.allow_local_files)
-    ds = _sources_dataset(specs, storage, args.url_column, policy, partitions=max(1, int(resources.get("CPU", 1))))
+    ds = _sources_dataset(specs, storage, args.url_column, policy, partitions, args.keep_columns)
+    if done_files is not None:
+        done_fs = storage.fs(done_files[0])[0] if done_files else None
+        ds = attach_done(ds, [storage.fs(f)[1] for f in done_files], done_fs, partitions)
     ds = ds.map_batches(
-        _load_udf, fn_kwargs={"settings": load, "done": done_ref}, batch_size=args.sources_per_task,
-        batch_format="numpy", num_cpus=1,
+        _load_udf, fn_kwargs={"settings": load}, batch_size=args.sources_per_task, batch_format="numpy", num_cpus=1,
     )  # fmt: skip
     ds = ds.map_batches(
         ModelStage,
@@ -314,52 +381,99 @@ def run_job(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if args.crops:
         ds = ds.map_batches(CropStage(output, storage, args.crops), batch_format="pyarrow", num_cpus=1, batch_size=64)
-    sink = AnnotationSink(output, storage, run_id, bundle.model_sha256, rows_per_file=args.rows_per_file)
+    sink = AnnotationSink(folders, storage, run_id, bundle.model_sha256, rows_per_file=args.rows_per_file, kept=kept)
     t0 = time.perf_counter()
     try:
         ds.write_datasink(sink)
     except Exception as exc:  # noqa: BLE001 - any failure of the distributed run ends here
         cause = redact_text(_root_cause(exc), [*args.input, output, *secrets])
-        failed = {"run_id": run_id, "status": "failed", "started_at": started_wall.isoformat(),
-                  "ended_at": datetime.now(timezone.utc).isoformat(), "error": cause}  # fmt: skip
+        failed = RunManifest(run_id=run_id, status="failed", started_at=started_wall.isoformat(),
+                             ended_at=datetime.now(timezone.utc).isoformat(), error=cause,
+                             form="iceberg" if tables is not None else "parquet")  # fmt: skip
         try:
-            storage.write_bytes(join_uri(output, "runs", f"{run_id}.failed.json"), json.dumps(failed, indent=2).encode())
+            if tables is None:  # this run's own faces files without their images file
+                remove_orphans(output, storage, log=_log, run_id=run_id)
+        except Exception:  # noqa: BLE001 - the store itself may be what failed; a later run removes them
+            pass
+        try:
+            storage.write_bytes(join_uri(output, "runs", f"{run_id}.failed.json"), failed.to_json())
         except Exception:  # noqa: BLE001 - the store itself may be what failed
             pass
         again = "again with --skip-existing and a new --run-id" if args.run_id else "again with --skip-existing"
-        raise JobError(
-            f"run {run_id} failed: {cause}. What was written is consistent; run the same command {again} "
-            "to complete it.",
-            exit_code=1,
-        ) from exc
+        written = ("What was written is consistent" if tables is None
+                   else "Nothing was committed to the tables")  # fmt: skip
+        raise JobError(f"run {run_id} failed: {cause}. {written}; run the same command {again} to complete it.",
+                       exit_code=1) from exc  # fmt: skip
     elapsed = time.perf_counter() - t0
     totals = sink.totals
     statuses = totals["statuses"]
     images = sum(statuses.values())
-    manifest = {
-        "run_id": run_id,
-        "status": "succeeded",
-        "schema_version": SCHEMA_VERSION,
-        "started_at": started_wall.isoformat(),
-        "ended_at": datetime.now(timezone.utc).isoformat(),
-        "duration_s": round(elapsed, 3),
-        "arguments": _redacted_arguments(vars(args)),
-        "inputs": [{"uri": redact_uri(s.uri), "kind": s.kind} for s in specs],
-        "output": redact_uri(output),
-        "bundle": {"uri": bundle_shown, "name": bundle.name, "digest": bundle.digest,
-                   "model_sha256": bundle.model_sha256, "license": bundle.license},
-        "model": {k: v for k, v in predictor_kwargs.items()},
-        "resources": {"gpus_per_actor": gpus_per_actor, "actors": [pool_min, pool_max], "torch_threads": torch_threads},
-        "versions": _versions(),
-        "counts": {
-            "images": images, "by_status": statuses, "faces": totals["faces"], "skipped": totals["skipped"],
-            "not_written": totals["ignored"], "files": totals["files"], "orphans_removed": removed,
-        },
-        "images_per_s": round(images / elapsed, 3) if elapsed > 0 else None,
-    }  # fmt: skip
-    storage.write_bytes(join_uri(output, "runs", f"{run_id}.json"), json.dumps(manifest, indent=2, default=str).encode())
+    manifest = RunManifest(
+        run_id=run_id, status="succeeded", started_at=started_wall.isoformat(), ended_at="",
+        form="iceberg" if tables is not None else "parquet", pipeline_s=round(elapsed, 3),
+        arguments=_redacted_arguments(vars(args)), inputs=[{"uri": redact_uri(s.uri), "kind": s.kind} for s in specs],
+        output=redact_uri(output),
+        bundle={"uri": bundle_shown, "name": bundle.name, "digest": bundle.digest, "model_sha256": bundle.model_sha256,
+                "license": bundle.license},
+        model=dict(predictor_kwargs),
+        resources={"gpus_per_actor": gpus_per_actor, "actors": [pool_min, pool_max], "torch_threads": torch_threads,
+                   "shuffle_partitions": partitions},
+        versions=_versions(),
+        counts={"images": images, "by_status": statuses, "faces": totals["faces"], "skipped": totals["skipped"],
+                "not_written": totals["ignored"], "files": totals["files"], "orphans_removed": removed,
+                "dead_runs_removed": dead_runs},
+        images_per_s=round(images / elapsed, 3) if elapsed > 0 else None,
+    )  # fmt: skip
+    if tables is not None:
+        _commit(tables, manifest, totals, args)
+    manifest.ended_at = datetime.now(timezone.utc).isoformat()
+    manifest.wall_s = round(time.perf_counter() - wall_start, 3)
+    storage.write_bytes(join_uri(output, "runs", f"{run_id}.json"), manifest.to_json())
     _print_summary(manifest)
     return 0
+
+
+def _open_iceberg(args: argparse.Namespace, output: str, storage: StorageConfig):
+    """The run's Iceberg tables (created or evolved), before any work; exit 2 with the cause."""
+    from img2pose_core.iceberg import CatalogError, open_catalog, open_tables
+
+    warehouse = join_uri(output, "warehouse")
+    if scheme_of(warehouse) == "":
+        warehouse = "file://" + warehouse
+    try:
+        catalog = open_catalog(args.catalog, warehouse, storage.s3_endpoint_url)
+        return open_tables(catalog, args.namespace)
+    except CatalogError as exc:
+        raise JobError(str(exc)) from exc
+    except Exception as exc:  # noqa: BLE001 - every catalog fails its own way
+        raise JobError(f"--catalog {redact_uri(args.catalog)}: the tables cannot be opened or created "
+                       f"({type(exc).__name__}: {redact_text(str(exc), [args.catalog])})") from exc  # fmt: skip
+
+
+def _commit(tables, manifest: RunManifest, totals: dict, args: argparse.Namespace) -> None:
+    """Commit the run's files to the Iceberg tables: faces, images, then the run's row (atomic each)."""
+    from img2pose_core.iceberg import commit_run
+
+    ok = int(manifest.counts["by_status"].get("ok", 0))
+
+    def row(ids: dict) -> dict:
+        manifest.iceberg = {"catalog": redact_uri(args.catalog), "namespace": tables.namespace,
+                            "snapshots": {"faces": ids.get("faces"), "images": ids.get("images")}}  # fmt: skip
+        return {
+            "run_id": manifest.run_id, "status": manifest.status,
+            "started_at": datetime.fromisoformat(manifest.started_at), "ended_at": datetime.now(timezone.utc),
+            "images": int(manifest.counts["images"]), "ok": ok, "faces": int(manifest.counts["faces"]),
+            "model_sha256": manifest.bundle["model_sha256"], "bundle_digest": manifest.bundle["digest"],
+            "manifest": manifest.to_json().decode("utf-8"),
+        }  # fmt: skip
+
+    try:
+        ids = commit_run(tables, manifest.run_id, totals["faces_files"], totals["images_files"], row)
+    except Exception as exc:  # noqa: BLE001 - the catalog refused: nothing of the run is half visible
+        raise JobError(f"run {manifest.run_id}: its files are written but the commit failed "
+                       f"({type(exc).__name__}: {redact_text(str(exc), [args.catalog])}); run the same command "
+                       "again with --skip-existing and a new --run-id", exit_code=1) from exc  # fmt: skip
+    manifest.iceberg["snapshots"]["runs"] = ids.get("runs")
 
 
 def _redacted_arguments(arguments: dict) -> dict:
@@ -386,29 +500,30 @@ def _root_cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:2000]
 
 
-def _load_udf(batch, settings, done):
-    """Ray task body of the load stage (``done`` may arrive as an object reference)."""
-    import ray
-
+def _load_udf(batch, settings):
+    """Ray task body of the load stage."""
     from .stages import load_images
 
-    digests = ray.get(done) if isinstance(done, ray.ObjectRef) else done
-    yield from load_images(batch, settings, digests)
+    yield from load_images(batch, settings)
 
 
-def _print_summary(manifest: dict) -> None:
-    c = manifest["counts"]
+def _print_summary(manifest: RunManifest) -> None:
+    c = manifest.counts
     by_status = ", ".join(f"{k} {v}" for k, v in sorted(c["by_status"].items(), key=lambda kv: (kv[0] != "ok", kv[0])))
     lines = [
-        f"run {manifest['run_id']} done in {manifest['duration_s']:.1f} s",
+        f"run {manifest.run_id} done: pipeline {manifest.pipeline_s:.1f} s, whole command {manifest.wall_s:.1f} s",
         f"  images   {c['images']} ({by_status or 'none'})" + (f", skipped {c['skipped']} already done" if c["skipped"] else ""),
         f"  faces    {c['faces']}",
     ]
     if c.get("not_written"):
         counted = ", ".join(f"{reason} {entry['count']}" for reason, entry in sorted(c["not_written"].items()))
-        lines.append(f"  counted  {counted} (not images: no table rows; see runs/{manifest['run_id']}.json)")
-    lines += [
-        f"  speed    {manifest['images_per_s']} images/s",
-        f"  output   {manifest['output']} (faces/, images/ under run_id={manifest['run_id']}; runs/{manifest['run_id']}.json)",
-    ]  # fmt: skip
+        lines.append(f"  counted  {counted} (not images: no table rows; see runs/{manifest.run_id}.json)")
+    lines.append(f"  speed    {manifest.images_per_s} images/s over the pipeline")
+    if manifest.iceberg:
+        snaps = manifest.iceberg["snapshots"]
+        lines.append(f"  tables   {manifest.iceberg['namespace']}.faces/images/runs in {manifest.iceberg['catalog']} "
+                     f"(snapshots {snaps.get('faces')}, {snaps.get('images')}, {snaps.get('runs')})")  # fmt: skip
+    else:
+        lines.append(f"  output   {manifest.output} (faces/{manifest.run_id}/, images/{manifest.run_id}/)")
+    lines.append(f"  manifest {manifest.output}/runs/{manifest.run_id}.json")
     print("\n".join(lines), flush=True)

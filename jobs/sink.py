@@ -2,17 +2,25 @@
 
 Each write task turns its rows into one ``faces`` file and one ``images`` file with the same name,
 derived from the block's image URIs, so a retried task overwrites its own files instead of adding
-new ones. The faces file is written first and the images file last: an images file is the commit
-marker of its faces file, and a faces file without its images file (a crash in between) is an orphan
-that the next run deletes before it starts (:func:`remove_orphans`).
+new ones. Where they go is the :class:`TableFolders` of the run:
+
+- plain Parquet: ``OUTPUT/faces/<run_id>/`` and ``OUTPUT/images/<run_id>/``. The faces file is written
+  first and the images file last: an images file is the commit marker of its faces file. A faces file
+  without its images file (a crash in between) is an orphan, which a later run deletes once it is
+  older than any live write could leave it (:func:`remove_orphans`), so a run never deletes the
+  unfinished files of another run that is still going.
+- Iceberg: the tables' data folders. Nothing is visible until the driver commits the files that the
+  write tasks report (:func:`img2pose_core.iceberg.commit_run`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import re
+import json
+import time
 from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Iterable
 
@@ -22,15 +30,29 @@ import pyarrow.parquet as pq
 from ray.data.block import Block, BlockAccessor
 from ray.data.datasource.datasink import Datasink, WriteResult
 
-from .inputs import IGNORED
-from .schema import FACES_SCHEMA, IMAGES_SCHEMA
+from img2pose_core.output import FACES_SCHEMA, IMAGES_SCHEMA, NOT_WRITTEN, PART_PATTERN
+
 from .storage import StorageConfig, join_uri, with_retries
 
-__all__ = ["AnnotationSink", "remove_orphans", "part_name", "explode_faces", "images_table", "is_part_file", "PART_PATTERN"]
+__all__ = [
+    "AnnotationSink", "TableFolders", "remove_orphans", "part_name", "explode_faces", "images_table", "is_part_file",
+]  # fmt: skip
 
-# run_id=<run id>/part-<32 hex>.parquet: the only files the job writes under faces/ and images/.
-PART_PATTERN = re.compile(r"run_id=[A-Za-z0-9_\-][A-Za-z0-9_.\-]*/part-[0-9a-f]{32}\.parquet")
 EXAMPLES = 5  # names of each counted kind kept in the run manifest
+# A faces file is followed by its images file within seconds; one alone for this long is an orphan.
+ORPHAN_AFTER_S = 3600.0
+
+
+@dataclass(frozen=True)
+class TableFolders:
+    """The folders a run's ``faces`` and ``images`` files go to."""
+
+    faces: str
+    images: str
+
+    @classmethod
+    def plain(cls, output: str, run_id: str) -> "TableFolders":
+        return cls(join_uri(output, "faces", run_id), join_uri(output, "images", run_id))
 
 
 def part_name(image_uris: Iterable[str]) -> str:
@@ -42,10 +64,13 @@ def part_name(image_uris: Iterable[str]) -> str:
     return f"part-{h.hexdigest()[:32]}.parquet"
 
 
-def images_table(table: pa.Table, run_id: str, model_sha256: str, processed_at: datetime) -> pa.Table:
-    """The ``images`` rows of a block (one per image, whatever its status)."""
+def images_table(
+    table: pa.Table, run_id: str, model_sha256: str, processed_at: datetime, kept: pa.Schema | None = None
+) -> pa.Table:
+    """The ``images`` rows of a block (one per image, whatever its status), with the manifest columns
+    of ``kept`` (``--keep-columns``) after the contract's own, decoded from each row's ``kept`` JSON."""
     n = table.num_rows
-    return pa.table(
+    base = pa.table(
         {
             "run_id": pa.array([run_id] * n, pa.string()),
             "image_uri": table["image_uri"],
@@ -62,6 +87,13 @@ def images_table(table: pa.Table, run_id: str, model_sha256: str, processed_at: 
         },
         schema=IMAGES_SCHEMA,
     )
+    if not kept:
+        return base
+    raw = table["kept"].to_pylist() if "kept" in table.column_names else [None] * n
+    values = [json.loads(r) if r else {} for r in raw]
+    for f in kept:
+        base = base.append_column(f, pa.array([v.get(f.name) for v in values], f.type))
+    return base
 
 
 def explode_faces(table: pa.Table, run_id: str, model_sha256: str) -> pa.Table:
@@ -89,13 +121,21 @@ def _parquet_bytes(table: pa.Table) -> bytes:
 
 
 class AnnotationSink(Datasink[dict]):
-    """Writes ``faces/run_id=R/part-X.parquet`` then ``images/run_id=R/part-X.parquet`` per task."""
+    """Writes ``<faces folder>/part-X.parquet`` then ``<images folder>/part-X.parquet`` per task, and
+    reports the files it wrote (the Iceberg form commits them) and what it counted."""
 
     def __init__(
-        self, output: str, storage: StorageConfig, run_id: str, model_sha256: str, rows_per_file: int = 5000
+        self,
+        folders: TableFolders,
+        storage: StorageConfig,
+        run_id: str,
+        model_sha256: str,
+        rows_per_file: int = 5000,
+        kept: pa.Schema | None = None,
     ) -> None:
-        self.output, self.storage, self.run_id, self.model_sha256 = output, storage, run_id, model_sha256
+        self.folders, self.storage, self.run_id, self.model_sha256 = folders, storage, run_id, model_sha256
         self.rows_per_file = rows_per_file
+        self.kept = kept
         self.totals: dict = _empty_result()
 
     @property
@@ -110,7 +150,7 @@ class AnnotationSink(Datasink[dict]):
             return result
         table = pa.concat_tables(tables, promote_options="permissive")
         # Entries counted in the run manifest instead of the tables (skipped, markers, sidecars ...).
-        counted = pc.is_in(table["status"], pa.array(sorted(IGNORED)))
+        counted = pc.is_in(table["status"], pa.array(sorted(NOT_WRITTEN)))
         for status, uri in zip(table.filter(counted)["status"].to_pylist(), table.filter(counted)["image_uri"].to_pylist()):
             entry = result["ignored"].setdefault(status, {"count": 0, "examples": []})
             entry["count"] += 1
@@ -123,12 +163,15 @@ class AnnotationSink(Datasink[dict]):
         name = part_name(table["image_uri"].to_pylist())
         processed_at = datetime.now(timezone.utc)
         faces = explode_faces(table, self.run_id, self.model_sha256)
-        images = images_table(table, self.run_id, self.model_sha256, processed_at)
-        partition = f"run_id={self.run_id}"
+        images = images_table(table, self.run_id, self.model_sha256, processed_at, self.kept)
         if faces.num_rows:
-            self.storage.write_bytes(join_uri(self.output, "faces", partition, name), _parquet_bytes(faces))
+            faces_uri = join_uri(self.folders.faces, name)
+            self.storage.write_bytes(faces_uri, _parquet_bytes(faces))
+            result["faces_files"].append(faces_uri)
         # Last: its presence commits the faces file above.
-        self.storage.write_bytes(join_uri(self.output, "images", partition, name), _parquet_bytes(images))
+        images_uri = join_uri(self.folders.images, name)
+        self.storage.write_bytes(images_uri, _parquet_bytes(images))
+        result["images_files"].append(images_uri)
         result["statuses"] = dict(Counter(images["status"].to_pylist()))
         result["faces"] = faces.num_rows
         result["files"] = 1
@@ -144,6 +187,8 @@ class AnnotationSink(Datasink[dict]):
             totals["faces"] += r["faces"]
             totals["files"] += r["files"]
             totals["skipped"] += r["skipped"]
+            totals["faces_files"] += r.get("faces_files", [])
+            totals["images_files"] += r.get("images_files", [])
             for reason, entry in r.get("ignored", {}).items():
                 merged = totals["ignored"].setdefault(reason, {"count": 0, "examples": []})
                 merged["count"] += entry["count"]
@@ -156,7 +201,7 @@ class AnnotationSink(Datasink[dict]):
 
 
 def _empty_result() -> dict:
-    return {"statuses": {}, "faces": 0, "files": 0, "skipped": 0, "ignored": {}}
+    return {"statuses": {}, "faces": 0, "files": 0, "skipped": 0, "ignored": {}, "faces_files": [], "images_files": []}
 
 
 def is_part_file(relative: str) -> bool:
@@ -164,34 +209,56 @@ def is_part_file(relative: str) -> bool:
     return PART_PATTERN.fullmatch(relative) is not None
 
 
-def remove_orphans(output: str, storage: StorageConfig, log=print) -> int:
-    """Delete faces files that have no images file of the same name (left by a crash mid-write).
+def _age_s(info: dict) -> float | None:
+    """Seconds since ``info`` (an fsspec listing entry) was last modified, None when unknown."""
+    stamp = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
+    if isinstance(stamp, datetime):
+        stamp = stamp.timestamp()
+    try:
+        return time.time() - float(stamp)
+    except (TypeError, ValueError):
+        return None
 
-    Only files named as the job names them are considered: anything else under ``faces/`` is not the
-    job's to delete.
+
+def remove_orphans(
+    output: str, storage: StorageConfig, log=print, older_than_s: float = ORPHAN_AFTER_S, run_id: str | None = None
+) -> int:
+    """Delete faces files that have no images file of the same name (a crash between a task's two writes).
+
+    A run that is writing now has such a file for a moment only, so one is deleted only when its run
+    is over (its ``runs/<id>.json`` or ``<id>.failed.json`` exists), when it is older than
+    ``older_than_s`` (a run killed without a word), or when it belongs to ``run_id`` (a failing run
+    cleaning up after itself): no run deletes the unfinished files of another run that is still going.
+    Only files named as the job names them are considered: anything else under ``faces/`` is not the job's.
     """
     fs, root = storage.fs(output)
-    faces_root = f"{root.rstrip('/')}/faces"
-    images_root = f"{root.rstrip('/')}/images"
+    root = root.rstrip("/")
+    faces_root, images_root = f"{root}/faces", f"{root}/images"
+    where = f"{faces_root}/{run_id}" if run_id else faces_root
     try:
-        faces_files = with_retries(lambda: fs.find(faces_root))
+        faces_files = with_retries(lambda: fs.find(where, detail=True))
     except FileNotFoundError:
         return 0
     if not faces_files:
         return 0
     try:
-        images_files = set(with_retries(lambda: fs.find(images_root)))
+        images_files = set(with_retries(lambda: fs.find(images_root if not run_id else f"{images_root}/{run_id}")))
     except FileNotFoundError:
         images_files = set()
+    try:
+        finished = {p.rsplit("/", 1)[-1].split(".", 1)[0] for p in with_retries(lambda: fs.find(f"{root}/runs"))}
+    except FileNotFoundError:
+        finished = set()
     removed = 0
-    for path in faces_files:
-        if not is_part_file(path[len(faces_root) :].lstrip("/")):
+    for path, info in faces_files.items():
+        relative = path[len(faces_root) :].lstrip("/")
+        if not is_part_file(relative) or images_root + "/" + relative in images_files:
             continue
-        twin = images_root + path[len(faces_root) :]
-        if twin not in images_files:
+        age = _age_s(info)
+        owner = relative.split("/", 1)[0]
+        if owner == run_id or owner in finished or (age is not None and age > older_than_s):
             with_retries(lambda: fs.rm_file(path))
             removed += 1
     if removed:
         log(f"removed {removed} faces file(s) left without their images file by an interrupted run")
     return removed
-

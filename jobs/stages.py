@@ -24,9 +24,10 @@ from img2pose_core.imageio import ImageDecodeError, decode_image
 
 from img2pose_core.uris import redact_text, redact_uri
 
+from .done import done_member_names, is_done
 from .inputs import classify_directory
 from .reading import ReadLimits, read_concurrently, read_source
-from .schema import FACES_SCHEMA
+from img2pose_core.output import FACES_SCHEMA
 from .storage import StorageConfig, join_uri
 
 __all__ = [
@@ -36,7 +37,6 @@ __all__ = [
     "CropStage",
     "FACE_FIELDS",
     "FACE_STRUCT",
-    "uri_digest",
     "object_column",
 ]
 
@@ -46,11 +46,6 @@ FACE_FIELDS = [
 ]
 FACE_STRUCT = pa.struct(FACE_FIELDS)
 _EMPTY = np.zeros((0, 0, 3), np.uint8)
-
-
-def uri_digest(uri: str) -> bytes:
-    """16-byte digest of an image URI: the key of the skip-existing set (collisions ~2^-64 at 1e9 URIs)."""
-    return hashlib.blake2b(uri.encode("utf-8"), digest_size=16).digest()
 
 
 def object_column(values: list) -> np.ndarray:
@@ -78,13 +73,14 @@ class LoadSettings:
         return max(64 << 20, 8 * self.max_pixels)
 
 
-def _row(uri: str, status: str, error: str | None = None, data: bytes | None = None) -> dict:
-    return {"image_uri": uri, "status": status, "error": error, "data": data}
+def _row(uri: str, status: str, error: str | None = None, data: bytes | None = None, kept: str | None = None) -> dict:
+    return {"image_uri": uri, "status": status, "error": error, "data": data, "kept": kept}
 
 
 def _decode_rows(rows: list[dict], settings: LoadSettings) -> dict[str, np.ndarray]:
-    uris, shas, widths, heights, statuses, errors, pixels, datas = [], [], [], [], [], [], [], []
+    uris, shas, widths, heights, statuses, errors, pixels, datas, kept = [], [], [], [], [], [], [], [], []
     for r in rows:
+        kept.append(r.get("kept"))
         data = r.get("data")
         sha = hashlib.sha256(data).hexdigest() if data is not None else None
         px, status, error, size = _EMPTY, r["status"], r["error"], (-1, -1)
@@ -112,6 +108,7 @@ def _decode_rows(rows: list[dict], settings: LoadSettings) -> dict[str, np.ndarr
         "error": np.array(errors, dtype=object),
         "pixels": object_column(pixels),
         "data": object_column(datas),
+        "kept": np.array(kept, dtype=object),
     }
 
 
@@ -184,13 +181,15 @@ def _tar_members(shown: str, data: bytes, limit: int) -> Iterator[dict]:
         yield _row(shown, "corrupt", damage)
 
 
-def load_images(batch: dict[str, np.ndarray], settings: LoadSettings, done: np.ndarray | None) -> Iterator[dict]:
+def load_images(batch: dict[str, np.ndarray], settings: LoadSettings) -> Iterator[dict]:
     """Read and decode a batch of sources; yields rows for every input, counted ones included.
 
     Sources are read several at a time (:func:`jobs.reading.read_concurrently`), each bounded by
-    ``settings.read_timeout_s``, and decoded as they arrive. ``done`` is a sorted array of
-    :func:`uri_digest` of images that already have an ``ok`` row (``--skip-existing``): they are not
-    read again and pass on with status ``skipped``. URIs are stored with their secrets redacted.
+    ``settings.read_timeout_s``, and decoded as they arrive. A source's ``done_members``
+    (``--skip-existing``, :mod:`jobs.done`) says what already has an ``ok`` row: a done file is not read,
+    and done members of a shard are not decoded; both pass on as ``skipped``. A source's ``kept`` (the
+    manifest columns of ``--keep-columns``, as JSON) goes with its rows. URIs are stored with their
+    secrets redacted.
     """
     pending: list[dict] = []
 
@@ -200,23 +199,18 @@ def load_images(batch: dict[str, np.ndarray], settings: LoadSettings, done: np.n
             chunk, pending = pending[: settings.rows_per_batch], pending[settings.rows_per_batch :]
             yield _decode_rows(chunk, settings)
 
-    def is_done(uri: str) -> bool:
-        if done is None or len(done) == 0:
-            return False
-        key = np.array([uri_digest(uri)], dtype="S16")
-        pos = np.searchsorted(done, key)[0]
-        return bool(pos < len(done) and done[pos] == key[0])
-
+    n = len(batch["source_uri"])
+    column = lambda name, default: batch[name] if name in batch else [default] * n  # noqa: E731
     to_read: list[tuple[int, str, str]] = []
     shown: dict[int, str] = {}
-    statuses = batch["status"] if "status" in batch else [""] * len(batch["source_uri"])
-    errors = batch["error"] if "error" in batch else [""] * len(batch["source_uri"])
-    for index, (uri, kind, status, error) in enumerate(zip(batch["source_uri"], batch["kind"], statuses, errors)):
+    kept = [str(k) if k else None for k in column("kept", None)]
+    done = list(column("done_members", None))
+    for index, (uri, kind, status, error) in enumerate(zip(batch["source_uri"], batch["kind"], column("status", ""), column("error", ""))):
         uri, kind = str(uri), str(kind)
         shown[index] = redact_uri(uri)
         if kind == "row":
-            pending.append(_row(shown[index], str(status), redact_text(str(error), [uri]) or None))
-        elif kind == "file" and is_done(shown[index]):
+            pending.append(_row(shown[index], str(status), redact_text(str(error or ""), [uri]) or None, kept=kept[index]))
+        elif kind == "file" and is_done(done[index]):
             pending.append(_row(shown[index], "skipped"))
         else:
             to_read.append((index, uri, kind))
@@ -231,15 +225,19 @@ def load_images(batch: dict[str, np.ndarray], settings: LoadSettings, done: np.n
 
     for index, data, failure in read_concurrently(to_read, read, settings.read_timeout_s, settings.parallel_reads):
         if failure is not None:
-            pending.append(_row(shown[index], failure.status, failure.message))
+            pending.append(_row(shown[index], failure.status, failure.message, kept=kept[index]))
         elif kinds[index] == "tar":
+            skip = done_member_names(done[index])
             for row in _tar_members(shown[index], data, _member_limit(data, settings)):
-                skip = row["status"] == "pending" and is_done(row["image_uri"])
-                pending.append(_row(row["image_uri"], "skipped") if skip else row)
+                member = row["image_uri"][len(shown[index]) + 1 :]
+                if row["status"] == "pending" and member in skip:
+                    row = _row(row["image_uri"], "skipped")
+                row["kept"] = kept[index]
+                pending.append(row)
                 yield from flush()
             del data
         else:
-            pending.append(_row(shown[index], "pending", data=data))
+            pending.append(_row(shown[index], "pending", data=data, kept=kept[index]))
         yield from flush()
     yield from flush(final=True)
 
@@ -395,6 +393,7 @@ class ModelStage:
                 "error": pa.array(errors, pa.string()),
                 "faces": faces,
                 "data": pa.array([d if isinstance(d, bytes) else None for d in batch["data"]], pa.binary()),
+                "kept": pa.array([None if k is None else str(k) for k in batch.get("kept", [None] * n)], pa.string()),
             }
         )  # fmt: skip
 

@@ -28,7 +28,7 @@ from PIL import Image
 
 from bad_images import make_bad_images
 from conftest import ROOT, needs_golden
-from jobs.schema import FACES_SCHEMA, IMAGES_SCHEMA
+from img2pose_core.output import FACES_SCHEMA, IMAGES_SCHEMA
 from ray_fixtures import ray_head  # noqa: F401
 from s3_fixtures import s3_server  # noqa: F401
 
@@ -165,7 +165,7 @@ def test_job_over_s3_writes_both_tables(ray_head, bucket, golden_bundle, golden_
     faces, images = _read_tables("corpus/out", fs)
     for table, schema in (("images", IMAGES_SCHEMA), ("faces", FACES_SCHEMA)):
         files = fs.find(f"corpus/out/{table}")
-        assert files and all("/run_id=first/part-" in f for f in files)
+        assert files and all("/first/part-" in f for f in files)
         with fs.open(files[0], "rb") as f:
             assert pq.read_schema(f).equals(schema, check_metadata=True), table
 
@@ -229,7 +229,7 @@ def test_skip_existing_processes_only_new_images(ray_head, bucket, golden_bundle
         bucket["client"].put_object(Bucket="corpus", Key=key, Body=_picture(golden_dir, "teaser.jpg", 200, 300 + i))
     # Files that are not the job's, under its tables: ignored by --skip-existing (and named), never deleted.
     foreign = {"corpus/out/images/notes.parquet": pa.table({"note": ["mine"]}),
-               "corpus/out/faces/run_id=mine/analysis.parquet": pa.table({"x": [1.0]})}  # fmt: skip
+               "corpus/out/faces/mine/analysis.parquet": pa.table({"x": [1.0]})}  # fmt: skip
     for key, table in foreign.items():
         buf = io.BytesIO()
         pq.write_table(table, buf)
@@ -271,7 +271,7 @@ def test_killed_run_resumes_exactly_once(ray_head, golden_bundle, golden_dir, tm
             "--sources-per-task", "2", "--rows-per-file", "2", "--batch-size", "2"]  # fmt: skip
     proc = subprocess.Popen([sys.executable, JOB, *base, "--run-id", "crashed"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    images_dir = out / "images" / "run_id=crashed"
+    images_dir = out / "images" / "crashed"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         if images_dir.exists() and len(list(images_dir.glob("*.parquet"))) >= 3:
@@ -284,12 +284,17 @@ def test_killed_run_resumes_exactly_once(ray_head, golden_bundle, golden_dir, tm
     assert 0 < written_before
     assert not (out / "runs" / "crashed.json").exists()
     # Simulate the worst moment of a crash: a faces file written, its images file not yet.
-    orphan = out / "faces" / "run_id=crashed" / "part-00000000000000000000000000000000.parquet"
+    # It is removed once older than a live run could leave one (an hour): this one is two hours old.
+    orphan = out / "faces" / "crashed" / "part-00000000000000000000000000000000.parquet"
     pq.write_table(FACES_SCHEMA.empty_table(), orphan)
+    fresh = out / "faces" / "crashed" / "part-11111111111111111111111111111111.parquet"
+    pq.write_table(FACES_SCHEMA.empty_table(), fresh)  # as another run's file a moment before its images file
+    os.utime(orphan, (time.time() - 7200, time.time() - 7200))
 
     resumed = _job([*base, "--run-id", "resumed", "--skip-existing"], env)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
-    assert not orphan.exists()
+    assert not orphan.exists() and fresh.exists()
+    fresh.unlink()
     faces, images = _read_tables(str(out))
     con = duckdb.connect()
     con.register("images", images)
@@ -375,6 +380,13 @@ def test_ray_job_submit_with_working_dir(ray_head, golden_bundle, golden_dir, tm
 
 
 def test_readme_queries_run_on_a_job_output(ray_head, golden_bundle, golden_dir, tmp_path):
+    """Two runs over the same inputs (a folder, a CSV manifest with a caption kept, a glob), plain
+    Parquet: every reader reads the tables as they are, and the README's queries count each image once."""
+    import pandas as pd
+
+    from img2pose_core.output import open_tables, queries_sql
+    from test_tables import run_readme_queries
+
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for i in range(4):
@@ -384,7 +396,7 @@ def test_readme_queries_run_on_a_job_output(ray_head, golden_bundle, golden_dir,
     listed.mkdir()
     for i in range(2):
         (listed / f"m{i}.jpg").write_bytes(_picture(golden_dir, "astronaut.jpg", 150, 800 + i))
-    (listed / "manifest.csv").write_text("url,caption\nm0.jpg,first\nm1.jpg,second\n")
+    (listed / "manifest.csv").write_text("url,caption,id\nm0.jpg,first,7\nm1.jpg,second,8\n")
     globbed = tmp_path / "globbed"
     globbed.mkdir()
     for i in range(3):
@@ -392,18 +404,30 @@ def test_readme_queries_run_on_a_job_output(ray_head, golden_bundle, golden_dir,
     out = tmp_path / "output"
     env = dict(ray_head.env, IMG2POSE_CACHE=str(tmp_path / "cache"))
     inputs = ["--input", str(corpus), "--input", str(listed / "manifest.csv"), "--input", str(globbed / "*.png")]
-    proc = _job([*inputs, "--output", str(out), "--bundle", str(golden_bundle), *MODEL_ARGS], env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    readme = (ROOT / "README.md").read_text()
-    queries = re.findall(r"```sql\n(.*?)```", readme, flags=re.S)
-    assert len(queries) >= 3, "the README shows example DuckDB queries in ```sql blocks"
-    con = duckdb.connect()
-    for sql in queries:
-        # The README queries a local output folder named output/.
-        assert "'output/" in sql
-        result = con.execute(sql.replace("'output/", f"'{out}/")).fetchall()
-        assert isinstance(result, list)
-    uris = {u for (u,) in con.execute(f"select image_uri from read_parquet('{out}/images/**/*.parquet')").fetchall()}
+    for _ in range(2):
+        proc = _job([*inputs, "--output", str(out), "--bundle", str(golden_bundle), "--keep-columns", "caption",
+                     *MODEL_ARGS], env)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
     expected = {str(p) for p in corpus.iterdir()} | {str(listed / "m0.jpg"), str(listed / "m1.jpg")}
     expected |= {str(globbed / "g0.png"), str(globbed / "g1.png")}
-    assert uris == expected
+
+    # Every reader reads both tables as they are, with one run_id type.
+    frame = pd.read_parquet(out / "images")
+    assert len(frame) == 2 * len(expected) and frame["run_id"].nunique() == 2
+    assert pq.read_table(out / "faces").schema.field("run_id").type == pa.string()
+    assert pads.dataset(out / "images").to_table().num_rows == len(frame)
+    faces_sql = f"select count(*) from read_parquet('{out}/faces/*/*.parquet', hive_partitioning = true)"
+    assert duckdb.sql(faces_sql).fetchall()[0][0] == len(pd.read_parquet(out / "faces")) > 0
+    captions = dict(zip(frame["image_uri"], frame["caption"]))
+    assert captions[str(listed / "m0.jpg")] == "first" and captions[str(listed / "m1.jpg")] == "second"
+    assert pd.isna(captions[str(corpus / "q0.jpg")])
+
+    con = open_tables(str(out))
+    assert {u for (u,) in con.execute("select image_uri from latest_images").fetchall()} == expected
+    run_readme_queries(con, images=len(expected), runs=2)
+    # The DuckDB command line's way: the whole of docs/queries.sql, on the folder set by a variable.
+    cli = duckdb.connect()
+    cli.execute(f"SET VARIABLE img2pose_output = '{out}'")
+    cli.execute(queries_sql())
+    assert cli.execute("select count(*) from latest_images").fetchone()[0] == len(expected)
+    assert cli.execute("select count(*) from latest_faces").fetchone()[0] == con.execute("select count(*) from latest_faces").fetchone()[0]

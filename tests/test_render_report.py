@@ -34,7 +34,7 @@ from img2pose_core.render import (
     MESH_COLOUR,
     Style,
 )
-from jobs.schema import FACES_SCHEMA, IMAGES_SCHEMA
+from img2pose_core.output import FACES_SCHEMA, IMAGES_SCHEMA
 from ray_fixtures import ray_head  # noqa: F401
 from s3_fixtures import s3_server  # noqa: F401
 from test_annotate import MODEL_ARGS, _job, _picture
@@ -329,9 +329,9 @@ def _write_run(root: Path, run_id: str, images: list[dict], faces: list[dict]) -
     face_rows = [{**{f.name: 0.0 for f in FACES_SCHEMA}, **base, "run_id": run_id, "crop_uri": None,
                   "landmarks_5": [10.0] * 10, "align_matrix": [1.0, 0, 0, 0, 1.0, 0], **r} for r in faces]  # fmt: skip
     for name, rows, schema in (("images", img_rows, IMAGES_SCHEMA), ("faces", face_rows, FACES_SCHEMA)):
-        folder = root / name / f"run_id={run_id}"
+        folder = root / name / run_id
         folder.mkdir(parents=True)
-        pq.write_table(pa.Table.from_pylist(rows, schema=schema), folder / "part-0.parquet")
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), folder / f"part-{'0' * 32}.parquet")
     (root / "runs").mkdir(exist_ok=True)
     (root / "runs" / f"{run_id}.json").write_text(json.dumps({"run_id": run_id, "status": "succeeded",
         "duration_s": 2.0, "images_per_s": 1.0, "counts": {"images": len(images), "faces": len(faces)}}))  # fmt: skip
@@ -351,11 +351,11 @@ def test_latest_state_and_run_filter_on_synthetic_tables(tmp_path):
     _write_run(out, "20260102T000000Z-bbbbbb", [{"image_uri": a, **ok, "num_faces": 2}],
                [_face(a, 0, -30.0), _face(a, 1, 30.0)])  # fmt: skip
     latest = report.OutputTables.open(str(out))
-    assert latest.rows("select image_uri, status from images order by 1") == [(a, "ok"), (b, "ok")]
-    assert latest.one("select count(*) from faces")[0] == 3
+    assert latest.rows("select image_uri, status from sel_images order by 1") == [(a, "ok"), (b, "ok")]
+    assert latest.one("select count(*) from sel_faces")[0] == 3
     first = report.OutputTables.open(str(out), run_id="20260101T000000Z-aaaaaa")
-    assert first.rows("select image_uri, status from images order by 1") == [(a, "corrupt"), (b, "ok")]
-    assert first.one("select count(*) from faces")[0] == 1 and len(first.runs) == 1
+    assert first.rows("select image_uri, status from sel_images order by 1") == [(a, "corrupt"), (b, "ok")]
+    assert first.one("select count(*) from sel_faces")[0] == 1 and len(first.runs) == 1
     with pytest.raises(report.ReportError, match="no run 'nope'"):
         report.OutputTables.open(str(out), run_id="nope")
     with pytest.raises(report.ReportError, match="no images/ table"):

@@ -1,11 +1,11 @@
-"""docs/schema.md describes exactly the columns and statuses that jobs/schema.py defines."""
+"""docs/schema.md describes exactly the columns and statuses that img2pose_core/output.py defines."""
 
 from __future__ import annotations
 
 import re
 
 from conftest import ROOT
-from jobs.schema import FACES_SCHEMA, IMAGES_SCHEMA, STATUSES
+from img2pose_core.output import FACES_SCHEMA, IMAGES_SCHEMA, STATUSES
 
 
 def _section(text: str, heading: str) -> str:

@@ -1,0 +1,1 @@
+../img2pose_core/queries.sql
