@@ -84,7 +84,7 @@ class IcebergTables:
 def catalog_properties(uri: str, warehouse: str | None, s3_endpoint_url: str | None = None) -> dict[str, str]:
     """pyiceberg properties for ``--catalog URI`` (no I/O). Raises :class:`CatalogError`."""
     parts = urlsplit(uri)
-    scheme = parts.scheme.lower()
+    scheme = "glue" if uri.strip().lower() == "glue" else parts.scheme.lower()
     props: dict[str, str] = {}
     if scheme.startswith("rest+"):
         props = {"type": "rest", "uri": uri[len("rest+") :]}
@@ -127,6 +127,11 @@ def open_catalog(uri: str, warehouse: str | None, s3_endpoint_url: str | None = 
         folder = os.path.dirname(uri[len("sqlite:///") :]) or "."
         if not os.path.isdir(folder):
             raise CatalogError(f"--catalog {uri}: the folder {folder} does not exist")
+    from pyiceberg.utils.config import Config
+
+    # The environment as it is now (pyiceberg reads it once, at import): PYICEBERG_CATALOG__IMG2POSE__*.
+    env = Config().get_catalog_config(CATALOG_NAME) or {}
+    props = {**{k: v for k, v in env.items() if isinstance(v, str)}, **props}
     try:
         return load_catalog(CATALOG_NAME, **props)
     except Exception as exc:  # noqa: BLE001 - every catalog type fails its own way

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from conftest import ROOT
-from img2pose_core.output import FACES_SCHEMA, IMAGES_SCHEMA, STATUSES
+from img2pose_core.output import FACES_SCHEMA, IMAGES_SCHEMA, NOT_WRITTEN, RUNS_SCHEMA, STATUSES
 
 
 def _section(text: str, heading: str) -> str:
@@ -31,3 +31,10 @@ def test_every_column_is_described_and_nothing_else():
     table, _, statuses = images.partition("### `status` values")
     assert _documented_columns(table) == set(IMAGES_SCHEMA.names)
     assert _documented_columns(statuses) == set(STATUSES)
+
+
+def test_runs_table_and_not_written_reasons_are_described():
+    text = (ROOT / "docs" / "schema.md").read_text()
+    assert _documented_columns(_section(text, "## `runs` (Iceberg)")) == set(RUNS_SCHEMA.names)
+    manifest = _section(text, "## `runs/<run_id>.json`")
+    assert _documented_columns(manifest.split("| reason | what |", 1)[1]) == set(NOT_WRITTEN) - {"skipped"}

@@ -269,3 +269,89 @@ def test_queries_file_is_the_packaged_one():
 
     assert (ROOT / "docs" / "queries.sql").read_text() == queries_sql()
     assert "latest_images" in latest_views_sql() and "read_parquet" not in latest_views_sql()
+
+
+def test_done_keys_key_files_by_themselves_and_members_by_their_shard():
+    from jobs.done import done_keys, is_done, with_source_key
+
+    table = pa.table({
+        "image_uri": ["s3://b/a.jpg", "s3://b/s.tar#0001.jpg", "s3://b/odd#name.jpg", "s3://b/bad.jpg", "s3://b/k.tar#x.tar#y.jpg"],
+        "status": ["ok", "ok", "ok", "corrupt", "ok"],
+    })  # fmt: skip
+    pairs = set(zip(*done_keys(table).to_pydict().values()))
+    assert ("s3://b/a.jpg", "") in pairs and ("s3://b/s.tar", "0001.jpg") in pairs
+    assert ("s3://b/odd#name.jpg", "") in pairs and ("s3://b/k.tar", "x.tar#y.jpg") in pairs
+    assert not any(k == "s3://b/bad.jpg" for k, _ in pairs)  # only ok rows are done
+    keyed = with_source_key(pa.table({"source_uri": ["https://u:pw@h/x.jpg?X-Amz-Signature=s"]}))
+    assert keyed["key"][0].as_py() == "https://REDACTED-" + keyed["key"][0].as_py().split("REDACTED-")[1]
+    assert is_done([""]) and is_done(["x", ""]) and not is_done(["x"]) and not is_done(None)
+
+
+def test_run_manifest_round_trip_and_version_1():
+    from img2pose_core.output import RunManifest
+
+    m = RunManifest(run_id="r", status="succeeded", started_at="2026-11-30T00:00:00+00:00", ended_at="x",
+                    counts={"images": 3}, iceberg={"namespace": "img2pose"})  # fmt: skip
+    assert RunManifest.from_json(m.to_json()) == m
+    old = RunManifest.from_json(json.dumps({"run_id": "old", "duration_s": 4.5, "schema_version": 1, "unknown": 1}))
+    assert old.pipeline_s == 4.5 and old.schema_version == 1 and old.status == "succeeded"
+
+
+@pytest.mark.parametrize(
+    "uri, expected",
+    [
+        ("sqlite:////data/c.db", {"type": "sql", "uri": "sqlite:////data/c.db"}),
+        ("rest+https://cat.example.com/api", {"type": "rest", "uri": "https://cat.example.com/api"}),
+        ("glue://eu-west-1", {"type": "glue", "glue.region": "eu-west-1"}),
+        ("glue", {"type": "glue"}),
+    ],
+)  # fmt: skip
+def test_catalog_uris(uri, expected):
+    from img2pose_core.iceberg import catalog_properties
+
+    props = catalog_properties(uri, "s3://b/wh", "http://127.0.0.1:9000")
+    assert expected.items() <= props.items() and props["warehouse"] == "s3://b/wh"
+    assert props["s3.endpoint"] == "http://127.0.0.1:9000"
+
+
+def test_rest_and_glue_catalogs_with_credentials_from_the_environment(ray_head, s3_corpus, golden_bundle, tmp_path, monkeypatch):  # noqa: F811
+    """The same job into an Iceberg REST catalog (a real one on 127.0.0.1 that wants a bearer token)
+    and into AWS Glue (moto's), warehouses on S3; the token comes from the environment and is found in
+    no output."""
+    from rest_catalog import RestCatalogServer
+
+    from img2pose_core.output import open_tables
+
+    endpoint = s3_corpus["endpoint"]
+    token = "RestToken" + os.urandom(8).hex()
+    io = {"py-io-impl": "pyiceberg.io.fsspec.FsspecFileIO", "s3.endpoint": endpoint}
+    with RestCatalogServer("s3://tables/rest-warehouse", token, str(tmp_path / "rest.db"), **io) as server:
+        env = dict(ray_head.env, IMG2POSE_CACHE=str(tmp_path / "cache"), PYICEBERG_CATALOG__IMG2POSE__TOKEN=token)
+        args = ["--input", "s3://tables/in", "--output", "s3://tables/rest-out", "--s3-endpoint-url", endpoint,
+                "--catalog", server.uri, "--bundle", str(golden_bundle), *SMALL, "--run-id", "rest"]  # fmt: skip
+        proc = _job(args, env)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        assert server.refused == 0 and ("POST", "/v1/namespaces/img2pose/tables/images") in server.requests
+        monkeypatch.setenv("PYICEBERG_CATALOG__IMG2POSE__TOKEN", token)
+        con = open_tables("s3://tables/rest-out", catalog=server.uri, s3_endpoint_url=endpoint)
+        _check_latest(con, s3_corpus["inputs"])
+        assert token not in _s3_read(endpoint, "tables/rest-out/runs/rest.json").decode() + proc.stdout + proc.stderr
+        # Without the token the catalog refuses, and the job says so before any work.
+        no_token = {k: v for k, v in env.items() if k != "PYICEBERG_CATALOG__IMG2POSE__TOKEN"}
+        refused = _job([*args[:-1], "again"], dict(no_token, RAY_ADDRESS="127.0.0.1:1"), timeout=120)
+        assert refused.returncode == 2 and "--catalog" in refused.stderr, refused.stderr[-2000:]
+
+    glue_env = {"PYICEBERG_CATALOG__IMG2POSE__GLUE__ENDPOINT": endpoint}
+    env = dict(ray_head.env, IMG2POSE_CACHE=str(tmp_path / "cache"), **glue_env)
+    args = ["--input", "s3://tables/in", "--output", "s3://tables/glue-out", "--s3-endpoint-url", endpoint,
+            "--catalog", "glue", "--namespace", "annotations", "--bundle", str(golden_bundle), *SMALL]  # fmt: skip
+    proc = _job(args, env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for key, value in glue_env.items():
+        monkeypatch.setenv(key, value)
+    con = open_tables("s3://tables/glue-out", catalog="glue", namespace="annotations", s3_endpoint_url=endpoint)
+    _check_latest(con, s3_corpus["inputs"])
+    import boto3
+
+    glue = boto3.client("glue", endpoint_url=endpoint, region_name="us-east-1")
+    assert {t["Name"] for t in glue.get_tables(DatabaseName="annotations")["TableList"]} == {"faces", "images", "runs"}
