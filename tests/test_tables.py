@@ -355,3 +355,26 @@ def test_rest_and_glue_catalogs_with_credentials_from_the_environment(ray_head, 
 
     glue = boto3.client("glue", endpoint_url=endpoint, region_name="us-east-1")
     assert {t["Name"] for t in glue.get_tables(DatabaseName="annotations")["TableList"]} == {"faces", "images", "runs"}
+
+
+def test_orphan_faces_files_are_removed_only_when_no_live_run_can_own_them(tmp_path):
+    """Plain form: a faces file without its images file is another run's unfinished write unless its run
+    is over (manifest written), it is old, or it is the caller's own (a failing run cleaning up)."""
+    from jobs.sink import remove_orphans
+    from jobs.storage import StorageConfig
+
+    out = tmp_path / "out"
+    names = {run: out / "faces" / run / f"part-{'a' * 32}.parquet" for run in ("live", "over", "killed", "mine")}
+    for path in names.values():
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"PAR1")
+    (out / "images" / "live").mkdir(parents=True)
+    (out / "runs").mkdir()
+    (out / "runs" / "over.failed.json").write_text("{}")
+    os.utime(names["killed"], (time.time() - 7200, time.time() - 7200))
+    (out / "faces" / "live" / "notes.parquet").write_bytes(b"not the job's")
+    removed = remove_orphans(str(out), StorageConfig(), log=lambda m: None)
+    assert removed == 2 and names["live"].exists() and names["mine"].exists()
+    assert not names["over"].exists() and not names["killed"].exists()
+    assert remove_orphans(str(out), StorageConfig(), log=lambda m: None, run_id="mine") == 1
+    assert names["live"].exists() and (out / "faces" / "live" / "notes.parquet").exists()
