@@ -120,45 +120,71 @@ def _http_status_failure(code: int, url: str) -> Exception:
     return error
 
 
+_SESSIONS: queue.SimpleQueue = queue.SimpleQueue()
+
+
+def _session():
+    """A ``requests.Session`` for one read at a time: its connections stay open for the next read of the
+    same host (manifests of URLs mostly name a few hosts). Sessions are shared between reads, never
+    between two reads at once."""
+    import requests
+
+    try:
+        return _SESSIONS.get_nowait()
+    except queue.Empty:
+        from http.cookiejar import DefaultCookiePolicy
+
+        session = requests.Session()
+        # Each read stands alone, as a plain GET would: no cookie of one URL is sent with another.
+        session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+        return session
+
+
 def _read_http(url: str, storage: StorageConfig, limits: ReadLimits, deadline: float) -> bytes:
+    session = _session()
+    try:
+        return with_retries(lambda: _get_http(url, session, storage, limits, deadline), attempts=storage.read_attempts,
+                            deadline=deadline)  # fmt: skip
+    finally:
+        _SESSIONS.put(session)
+
+
+def _get_http(url: str, session, storage: StorageConfig, limits: ReadLimits, deadline: float) -> bytes:
     import requests
 
     from .inputs import http_host_refusal
 
-    def once() -> bytes:
-        current = url
-        for _ in range(_MAX_REDIRECTS + 1):
-            why = http_host_refusal(current)
-            if why:
-                raise ReadFailure("not_allowed", why)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("the read timeout passed")
-            timeout = (min(storage.connect_timeout_s, remaining), min(storage.idle_timeout_s, remaining))
-            with requests.get(current, stream=True, timeout=timeout, allow_redirects=False) as resp:
-                if resp.is_redirect:
-                    location = resp.headers.get("location", "")
-                    current = requests.compat.urljoin(current, location)
-                    if scheme_of(current) not in ("http", "https"):
-                        raise ReadFailure("not_allowed", f"redirected to a {scheme_of(current) or 'local'} location")
-                    continue
-                if resp.status_code >= 400:
-                    raise _http_status_failure(resp.status_code, current)
-                declared = resp.headers.get("content-length")
-                if limits.max_bytes is not None and declared and declared.isdigit() and int(declared) > limits.max_bytes:
-                    raise ReadFailure("too_large", f"the server declares {declared} bytes, above the limit of {limits.max_bytes}")
-                chunks, size = [], 0
-                for chunk in resp.iter_content(_CHUNK):
-                    size += len(chunk)
-                    if limits.max_bytes is not None and size > limits.max_bytes:
-                        raise ReadFailure("too_large", f"the body exceeds the limit of {limits.max_bytes} bytes")
-                    if time.monotonic() > deadline:
-                        raise TimeoutError("the read timeout passed during the transfer")
-                    chunks.append(chunk)
-                return b"".join(chunks)
-        raise ReadFailure("unreadable", f"more than {_MAX_REDIRECTS} redirects")
-
-    return with_retries(once, attempts=storage.read_attempts, deadline=deadline)
+    current = url
+    for _ in range(_MAX_REDIRECTS + 1):
+        why = http_host_refusal(current)
+        if why:
+            raise ReadFailure("not_allowed", why)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the read timeout passed")
+        timeout = (min(storage.connect_timeout_s, remaining), min(storage.idle_timeout_s, remaining))
+        with session.get(current, stream=True, timeout=timeout, allow_redirects=False) as resp:
+            if resp.is_redirect:
+                location = resp.headers.get("location", "")
+                current = requests.compat.urljoin(current, location)
+                if scheme_of(current) not in ("http", "https"):
+                    raise ReadFailure("not_allowed", f"redirected to a {scheme_of(current) or 'local'} location")
+                continue
+            if resp.status_code >= 400:
+                raise _http_status_failure(resp.status_code, current)
+            declared = resp.headers.get("content-length")
+            if limits.max_bytes is not None and declared and declared.isdigit() and int(declared) > limits.max_bytes:
+                raise ReadFailure("too_large", f"the server declares {declared} bytes, above the limit of {limits.max_bytes}")
+            chunks, size = [], 0
+            for chunk in resp.iter_content(_CHUNK):
+                size += len(chunk)
+                if limits.max_bytes is not None and size > limits.max_bytes:
+                    raise ReadFailure("too_large", f"the body exceeds the limit of {limits.max_bytes} bytes")
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the read timeout passed during the transfer")
+                chunks.append(chunk)
+            return b"".join(chunks)
+    raise ReadFailure("unreadable", f"more than {_MAX_REDIRECTS} redirects")
 
 
 def read_source(uri: str, storage: StorageConfig, limits: ReadLimits, deadline: float | None = None) -> bytes:

@@ -28,6 +28,7 @@ from .inputs import (
     expand_groups,
     with_choice,
     glob_base,
+    uri_of,
     is_inside,
     list_prefix,
     needs_dedupe,
@@ -120,7 +121,7 @@ def check_layout(output: str, storage: StorageConfig) -> None:
 
 
 def plain_done_files(output: str, storage: StorageConfig, log=None) -> list[str]:
-    """The job's part files under ``OUTPUT/images`` (the done set of the plain form).
+    """The URIs of the job's part files under ``OUTPUT/images`` (the done set of the plain form).
 
     Files named otherwise (a user's own file, another tool's) are reported by name and left alone.
     """
@@ -138,7 +139,7 @@ def plain_done_files(output: str, storage: StorageConfig, log=None) -> list[str]
         shown = [f[len(images_root) :].lstrip("/") for f in foreign]
         log(f"--skip-existing: {len(foreign)} file(s) under images/ are not the job's and are ignored: "
             f"{', '.join(shown[:5])}{' ...' if len(shown) > 5 else ''}")  # fmt: skip
-    return ours
+    return [uri_of(fs, f) for f in ours]
 
 
 def kept_schema(specs: list[InputSpec], storage: StorageConfig, keep: list[str]) -> pa.Schema | None:
