@@ -42,6 +42,8 @@ __all__ = [
     "machine_header",
     "format_table",
     "write_json",
+    "undo_tie_swaps",
+    "compare_with_golden",
 ]
 
 
@@ -258,3 +260,41 @@ def write_json(path: str | Path, data: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=float) + "\n")
+
+
+# --------------------------------------------------------------------------- golden detections
+
+
+def undo_tie_swaps(exp_scores: np.ndarray, exp_boxes: np.ndarray, boxes: np.ndarray, tol: float = 1e-4) -> np.ndarray:
+    """An order of the actual detections that undoes swaps among tied scores (the golden README:
+    "in the same order (ties in score may swap)"): within each run of golden scores no further apart
+    than ``tol``, each golden detection takes the actual one whose box is nearest."""
+    order = np.arange(len(boxes))
+    start = 0
+    while start < len(exp_scores):
+        stop = start + 1
+        while stop < len(exp_scores) and abs(exp_scores[stop - 1] - exp_scores[stop]) <= tol:
+            stop += 1
+        free = list(range(start, min(stop, len(boxes))))
+        for i in range(start, min(stop, len(boxes))):
+            best = min(free, key=lambda j: np.abs(np.asarray(boxes[j]) - exp_boxes[i]).max())
+            order[i] = best
+            free.remove(best)
+        start = stop
+    return order
+
+
+def compare_with_golden(name: str, scores, boxes, dofs, expected) -> dict:
+    """Detections of golden run ``name`` against ``detections.npz``, with the golden README's tolerances
+    (scores 1e-4, boxes 1 px, dofs 1e-3, same count, ties may swap): ``{"ok", "count", ...max diffs}``."""
+    exp_scores, exp_boxes, exp_dofs = (np.asarray(expected[f"{name}/{k}"]) for k in ("scores", "boxes", "dofs"))
+    scores, boxes, dofs = np.asarray(scores), np.asarray(boxes), np.asarray(dofs)
+    out = {"run": name, "count": len(scores), "golden_count": len(exp_scores)}
+    if len(scores) != len(exp_scores):
+        return {**out, "ok": False, "max_d_score": None, "max_d_box_px": None, "max_d_dof": None}
+    order = undo_tie_swaps(exp_scores, exp_boxes, boxes)
+    d_score = float(np.abs(scores[order] - exp_scores).max(initial=0.0))
+    d_box = float(np.abs(boxes[order] - exp_boxes).max(initial=0.0))
+    d_dof = float(np.abs(dofs[order] - exp_dofs).max(initial=0.0))
+    ok = d_score <= 1e-4 and d_box <= 1.0 and d_dof <= 1e-3
+    return {**out, "ok": ok, "max_d_score": d_score, "max_d_box_px": d_box, "max_d_dof": d_dof}

@@ -195,11 +195,11 @@ def _match(a, b) -> tuple[int, float, float, float]:
     return int(ok.sum()), ds, db, dd
 
 
-def precision_error(bundle, device) -> list[dict]:
+def precision_error(bundle, device, min_size: int = 400, max_size: int = 1400) -> list[dict]:
     from img2pose_core.bundle import open_bundle
 
     golden = golden_dir()
-    model = open_bundle(bundle).build_model(min_size=400, max_size=1400).to(device)
+    model = open_bundle(bundle).build_model(min_size=min_size, max_size=max_size).to(device)
     # On CPU fp16 runs emulated (tens of seconds per image): measured for its numerics only.
     dtypes = [("bf16", torch.bfloat16), ("fp16", torch.float16)]
     rows = []

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "DECODED_FORMATS", "ImageDecodeError", "DecodedImage", "decode_image", "read_image_file", "to_rgb_array"]
+__all__ = ["DEFAULT_MAX_PIXELS", "DECODED_FORMATS", "probe_jpeg", "ImageDecodeError", "DecodedImage", "decode_image", "read_image_file", "to_rgb_array"]
 
 # 100 megapixels: far above any photograph a face model is useful on, far below what exhausts a worker.
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -138,6 +138,30 @@ def decode_image(
                 raise ImageDecodeError("corrupt", f"{fmt} data is damaged: {_describe(exc)}") from None
     full = (height, width) if _transposed(image) else (width, height)
     return DecodedImage(np.ascontiguousarray(pixels), fmt, full if reduce_for is not None else None)
+
+
+def probe_jpeg(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int] | None:
+    """The (width, height) a JPEG will have once decoded with its EXIF orientation applied, from its
+    header alone (no pixels); None when ``data`` is no JPEG. Raises :class:`ImageDecodeError` for a JPEG
+    whose header is unusable or declares more than ``max_pixels``: the checks :func:`decode_image`
+    makes before decoding, for pixels that another decoder (the GPU's) will make."""
+    if data[:3] != b"\xff\xd8\xff":
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data), formats=("JPEG",))
+        except Image.DecompressionBombError as exc:
+            raise ImageDecodeError("too_large", f"declared size is a decompression bomb: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - any parser failure of untrusted bytes is a status
+            raise ImageDecodeError("corrupt", f"JPEG signature but an unreadable header: {_describe(exc)}") from None
+        with image:
+            width, height = image.size
+            if width <= 0 or height <= 0:
+                raise ImageDecodeError("corrupt", f"invalid declared size {width}x{height}")
+            if width * height > max_pixels:
+                raise ImageDecodeError("too_large", f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}")
+            return (height, width) if _transposed(image) else (width, height)
 
 
 def _transposed(image: Image.Image) -> bool:

@@ -158,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="decode JPEGs that the model shrinks 2x or more at 1/2, 1/4 or 1/8 scale (several times faster "
         "decoding, less memory and object-store traffic; detections differ slightly from a full decode)",
     )  # fmt: skip
+    m.add_argument(
+        "--gpu-decode", action="store_true",
+        help="JPEGs travel from the read tasks to the model actors as their bytes (about 18x less than the "
+        "pixels of a 720p photo) and are decoded there in batches, on the GPU (nvJPEG) where the actors have "
+        "one; other formats are decoded on CPU as usual",
+    )  # fmt: skip
     m.add_argument("--compile", action="store_true", help="torch.compile the backbone on GPU actors (slower start, faster steady state)")
     m.add_argument("--max-pixels", type=_positive_int, default=100_000_000, help="refuse images declaring more pixels, before decoding")
 
@@ -180,6 +186,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and cross-check the flags (no I/O)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.gpu_decode and args.fast_decode:
+        parser.error("--gpu-decode and --fast-decode exclude each other: the GPU decodes at full size; choose one")
     if args.align == "arcface" and args.crops == 224:
         parser.error("--align arcface defines 112 px crops only; use --crops 112 or --align pose")
     if args.min_size and args.max_size and args.max_size < args.min_size:

@@ -360,7 +360,7 @@ def run_job(args: argparse.Namespace) -> int:
     load = LoadSettings(
         storage=storage, max_pixels=args.max_pixels, keep_bytes=bool(args.crops),
         reduce_for=(predictor_kwargs["min_size"], predictor_kwargs["max_size"]) if args.fast_decode else None,
-        read_timeout_s=args.read_timeout, output_root=output,
+        read_timeout_s=args.read_timeout, output_root=output, device_decode=args.gpu_decode,
     )  # fmt: skip
     policy = ManifestPolicy(allow_local_files=args.allow_local_files)
     ds = _sources_dataset(specs, storage, args.url_column, policy, partitions, args.keep_columns)
@@ -375,7 +375,7 @@ def run_job(args: argparse.Namespace) -> int:
         fn_constructor_kwargs={
             "bundle_uri": bundle_uri, "bundle_files": bundle_files, "bundle_digest": bundle.digest,
             "predictor_kwargs": predictor_kwargs, "torch_threads": torch_threads,
-            "storage_options": storage.options_for(bundle_uri), "shown_uri": bundle_shown,
+            "storage_options": storage.options_for(bundle_uri), "shown_uri": bundle_shown, "keep_bytes": bool(args.crops),
         },
         compute=ray.data.ActorPoolStrategy(min_size=pool_min, max_size=pool_max, max_tasks_in_flight_per_actor=2),
         batch_size=batch_size, batch_format="numpy", num_gpus=gpus_per_actor or None, num_cpus=args.cpus_per_actor,

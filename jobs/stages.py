@@ -13,6 +13,7 @@ import os
 import stat
 import tarfile
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,7 +21,7 @@ from typing import Any, Iterator
 import numpy as np
 import pyarrow as pa
 
-from img2pose_core.imageio import ImageDecodeError, decode_image
+from img2pose_core.imageio import ImageDecodeError, decode_image, probe_jpeg
 
 from img2pose_core.uris import redact_text, redact_uri
 
@@ -64,6 +65,7 @@ class LoadSettings:
     rows_per_batch: int = 16
     reduce_for: tuple[int, int] | None = None  # (min_size, max_size): JPEG draft-scale decoding
     read_timeout_s: float = 180.0  # the whole read of one source, retries included
+    device_decode: bool = False  # JPEGs travel as bytes and are decoded by the model stage (--gpu-decode)
     output_root: str | None = None  # local files resolving into the output are not read
     parallel_reads: int = 8
 
@@ -78,18 +80,24 @@ def _row(uri: str, status: str, error: str | None = None, data: bytes | None = N
 
 
 def _decode_rows(rows: list[dict], settings: LoadSettings) -> dict[str, np.ndarray]:
-    uris, shas, widths, heights, statuses, errors, pixels, datas, kept = [], [], [], [], [], [], [], [], []
+    uris, shas, widths, heights, statuses, errors, pixels, datas, kept, encoded = [], [], [], [], [], [], [], [], [], []
     for r in rows:
         kept.append(r.get("kept"))
         data = r.get("data")
         sha = hashlib.sha256(data).hexdigest() if data is not None else None
-        px, status, error, size = _EMPTY, r["status"], r["error"], (-1, -1)
+        px, status, error, size, bytes_only = _EMPTY, r["status"], r["error"], (-1, -1), False
         if status == "pending":
             try:
-                img = decode_image(data, max_pixels=settings.max_pixels, reduce_for=settings.reduce_for)
-                px, status, size = img.pixels, "ok", (img.width, img.height)
+                probed = probe_jpeg(data, max_pixels=settings.max_pixels) if settings.device_decode else None
+                if probed is not None:
+                    # Checked from the header; the model stage decodes (the bytes travel, not the pixels).
+                    status, size, bytes_only = "ok", probed, True
+                else:
+                    img = decode_image(data, max_pixels=settings.max_pixels, reduce_for=settings.reduce_for)
+                    px, status, size = img.pixels, "ok", (img.width, img.height)
             except ImageDecodeError as exc:
                 status, error = exc.status, exc.message
+        encoded.append(bytes_only)
         uris.append(r["image_uri"])
         shas.append(sha)
         # The picture's full size, even when its pixels were decoded at a reduced scale.
@@ -98,7 +106,7 @@ def _decode_rows(rows: list[dict], settings: LoadSettings) -> dict[str, np.ndarr
         statuses.append(status)
         errors.append(error)
         pixels.append(px)
-        datas.append(data if (settings.keep_bytes and status == "ok") else None)
+        datas.append(data if (status == "ok" and (settings.keep_bytes or bytes_only)) else None)
     return {
         "image_uri": np.array(uris, dtype=object),
         "image_sha256": np.array(shas, dtype=object),
@@ -109,6 +117,7 @@ def _decode_rows(rows: list[dict], settings: LoadSettings) -> dict[str, np.ndarr
         "pixels": object_column(pixels),
         "data": object_column(datas),
         "kept": np.array(kept, dtype=object),
+        "encoded": np.array(encoded, dtype=bool),
     }
 
 
@@ -288,6 +297,7 @@ class ModelStage:
         torch_threads: int | None,
         storage_options: dict | None = None,
         shown_uri: str = "",
+        keep_bytes: bool = True,
     ) -> None:
         import torch
 
@@ -296,6 +306,7 @@ class ModelStage:
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
+        self.keep_bytes = keep_bytes  # the crops stage re-decodes the original bytes
         where = shown_uri or "the bundle"
         try:
             if bundle_files is not None:
@@ -319,10 +330,21 @@ class ModelStage:
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         statuses = [str(s) for s in batch["status"]]
         errors = [None if e is None else str(e) for e in batch["error"]]
+        pixels = list(batch["pixels"])
+        encoded = [i for i, e in enumerate(batch.get("encoded", [])) if e and statuses[i] == "ok"]
+        if encoded:
+            batch = dict(batch, width=np.array(batch["width"]), height=np.array(batch["height"]))
+        for i, decoded in zip(encoded, self._decode([batch["data"][i] for i in encoded])):
+            if isinstance(decoded, ImageDecodeError):
+                # As if the load stage had failed to decode it: no size either.
+                statuses[i], errors[i] = decoded.status, decoded.message
+                batch["width"][i] = batch["height"][i] = -1
+            else:
+                pixels[i] = decoded
         ok = [i for i, s in enumerate(statuses) if s == "ok"]
         results: dict[int, Any] = {}
         if ok:
-            images = [batch["pixels"][i] for i in ok]
+            images = [pixels[i] for i in ok]
             sizes = [(int(batch["width"][i]), int(batch["height"][i])) for i in ok]
             try:
                 results = dict(zip(ok, self.predictor.predict(images, original_sizes=sizes)))
@@ -336,6 +358,38 @@ class ModelStage:
             if faces.skipped:
                 statuses[i], errors[i] = "too_small", faces.skipped
         return self._table(batch, statuses, errors, results)
+
+    def _decode(self, datas: list) -> list:
+        """JPEG bytes decoded on the predictor's device, in one batched call (nvJPEG on a GPU), EXIF
+        orientation applied: (3, H, W) uint8 tensors, or the :class:`ImageDecodeError` of each image
+        that neither that decoder nor the CPU's (Pillow, as the load stage decodes) can read."""
+        if not datas:
+            return []
+        import torch
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        def on_device(items: list) -> list:
+            tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in items]
+            with warnings.catch_warnings():
+                # torchvision 0.29 marks its decoders deprecated in favour of TorchCodec; they still are
+                # the batched nvJPEG path that torch ships, and the device machine's 0.26 has no warning.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=self.predictor.device,
+                                        apply_exif_orientation=True))  # fmt: skip
+
+        try:
+            return on_device(datas)
+        except Exception:  # noqa: BLE001 - one bad image fails the batched call: find it
+            out = []
+            for data in datas:
+                try:
+                    out.append(on_device([data])[0])
+                except Exception:  # noqa: BLE001 - what the device's decoder refuses, Pillow may read
+                    try:
+                        out.append(decode_image(data, max_pixels=1 << 62).pixels)
+                    except ImageDecodeError as exc:
+                        out.append(exc)
+            return out
 
     def _table(self, batch, statuses: list[str], errors: list, results: dict) -> pa.Table:
         n = len(statuses)
@@ -392,8 +446,9 @@ class ModelStage:
                 "status": pa.array(statuses, pa.string()),
                 "error": pa.array(errors, pa.string()),
                 "faces": faces,
-                "data": pa.array([d if isinstance(d, bytes) else None for d in batch["data"]], pa.binary()),
+                "data": pa.array([d if isinstance(d, bytes) and self.keep_bytes else None for d in batch["data"]], pa.binary()),
                 "kept": pa.array([None if k is None else str(k) for k in batch.get("kept", [None] * n)], pa.string()),
+                "encoded": pa.array([bool(e) for e in batch.get("encoded", [False] * n)], pa.bool_()),
             }
         )  # fmt: skip
 

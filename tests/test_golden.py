@@ -14,6 +14,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+
+from benchmarks._common import undo_tie_swaps
 from PIL import Image
 
 from img2pose_core import alignment, geometry
@@ -71,29 +73,10 @@ def test_alignment_to_pose_templates(geo, size):
     np.testing.assert_allclose(matrices.numpy(), geo[f"align_M{size}"], rtol=0, atol=1e-6)
 
 
-def _undo_tie_swaps(exp_scores, exp_boxes, scores, boxes) -> np.ndarray:
-    """An order of the actual detections that undoes swaps among tied scores (the golden README:
-    "in the same order (ties in score may swap)"): within each run of golden scores no further apart
-    than the score tolerance, each golden detection takes the actual one whose box is nearest."""
-    order = np.arange(len(scores))
-    start = 0
-    while start < len(exp_scores):
-        stop = start + 1
-        while stop < len(exp_scores) and abs(exp_scores[stop - 1] - exp_scores[stop]) <= 1e-4:
-            stop += 1
-        free = list(range(start, stop))
-        for i in range(start, stop):
-            best = min(free, key=lambda j: np.abs(np.asarray(boxes[j]) - exp_boxes[i]).max())
-            order[i] = best
-            free.remove(best)
-        start = stop
-    return order
-
-
 def _assert_detections(name, scores, boxes, dofs, expected):
     exp_scores, exp_boxes, exp_dofs = (expected[f"{name}/{k}"] for k in ("scores", "boxes", "dofs"))
     assert len(scores) == len(exp_scores), f"{name}: {len(scores)} detections, golden has {len(exp_scores)}"
-    order = _undo_tie_swaps(exp_scores, exp_boxes, np.asarray(scores), np.asarray(boxes))
+    order = undo_tie_swaps(exp_scores, exp_boxes, np.asarray(boxes))
     scores, boxes, dofs = np.asarray(scores)[order], np.asarray(boxes)[order], np.asarray(dofs)[order]
     np.testing.assert_allclose(scores, exp_scores, rtol=0, atol=1e-4, err_msg=name)
     np.testing.assert_allclose(boxes, exp_boxes, rtol=0, atol=1.0, err_msg=name)

@@ -1,0 +1,56 @@
+"""benchmarks/gpu_check.sh, the one prepared command of the device machine, run here on the CPU with
+--quick: every section runs, so the first run on a GPU is not the script's first run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT, needs_golden
+
+pytestmark = [needs_golden]
+
+
+def test_gpu_check_runs_every_section_on_cpu(golden_dir, tmp_path):
+    env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=sys.executable, IMG2POSE_GOLDEN=str(golden_dir))
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--device", "cpu", "--quick"],
+                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    sections = results["sections"]
+    assert set(sections) == {"environment", "golden", "predictor", "precision", "pipeline", "compiled"}
+    assert not [name for name, s in sections.items() if "error" in s], sections
+    assert results["golden_ok"] is True and len(sections["golden"]["result"]) == 4
+    rows = sections["predictor"]["result"] + sections["compiled"]["result"]
+    assert all(r["images_per_s"] > 0 for r in rows) and {r["compile"] for r in rows} == {False, True}
+    assert {r["way"].split()[0] for r in sections["pipeline"]["result"]} == {"cpu"}
+    assert len({r["faces"] for r in sections["pipeline"]["result"]}) == 1, "both decoders must give the same faces"
+    md = (tmp_path / "out" / "gpu_check.md").read_text()
+    assert "golden on the device: PASS" in md and md in proc.stdout
+
+
+def test_gpu_check_prepares_what_travels(golden_dir, tmp_path):
+    dest = tmp_path / "golden"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--golden", str(golden_dir),
+                           "--prepare", str(dest)], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+    assert (dest / "make_checkpoint.py").is_file() and (dest / "detections.npz").is_file()
+    assert size < 16 * 2**20, f"{size} bytes would eat the 64 MiB that may travel"
+    assert Path(ROOT / ".gitignore").read_text().count(".gpu_check/") == 1
+
+
+def test_the_core_uses_only_torch_names_listed_for_the_oldest_supported_torch():
+    """benchmarks/torch_api.txt is what gpu_check.py resolves on the device machine's torch 2.11: a name
+    the core starts using must be added there, so that the next device run checks it."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.torch_api import listed_names, missing_names, used_names
+
+    used = used_names()
+    assert "torch.cuda.Stream" in used and "torchvision.ops.batched_nms" in used  # the scan sees imports and chains
+    assert not sorted(used - listed_names()), "add these to benchmarks/torch_api.txt"
+    assert missing_names(listed_names()) == []  # every listed name resolves in this torch
+    assert missing_names({"torch.no_such_function"}) == ["torch.no_such_function"]
