@@ -9,6 +9,11 @@ only on the survivors before it. So each level is suppressed over a prefix, and 
 strictly below the ``n``-th best survivor, with no tie across that cut. The kept set is then the one
 of the full NMS. Survivors with exactly equal scores may come out in another order, as they already
 do between torchvision's CPU and CUDA sorts.
+
+The prefix loop decides on the host after each step (how many survived, where the cut is): cheap on
+CPU, but on a GPU each decision waits for the device. There the full ``batched_nms`` runs as one
+kernel per image instead, with no host decision inside the levels (``prefix_nms=None``: the loop on
+CPU only).
 """
 
 from __future__ import annotations
@@ -80,7 +85,12 @@ def batched_nms_top_n(
 
 
 class TopNRegionProposalNetwork(RegionProposalNetwork):
-    """torchvision's RPN; at inference its NMS stops once the ``post_nms_top_n`` best are settled."""
+    """torchvision's RPN; at inference on CPU its NMS stops once the ``post_nms_top_n`` best are settled.
+
+    ``prefix_nms``: True/False forces the prefix loop on or off; None (the default) uses it on CPU only.
+    """
+
+    prefix_nms: bool | None = None
 
     def filter_proposals(
         self,
@@ -108,7 +118,11 @@ class TopNRegionProposalNetwork(RegionProposalNetwork):
             boxes, scores, level = boxes[keep], scores[keep], level[keep]
             keep = torch.where(scores >= self.score_thresh)[0]
             boxes, scores, level = boxes[keep], scores[keep], level[keep]
-            keep = batched_nms_top_n(boxes, scores, level, self.nms_thresh, self.post_nms_top_n())
+            prefix = self.prefix_nms if self.prefix_nms is not None else not boxes.is_cuda
+            if prefix:
+                keep = batched_nms_top_n(boxes, scores, level, self.nms_thresh, self.post_nms_top_n())
+            else:
+                keep = batched_nms(boxes, scores, level, self.nms_thresh)[: self.post_nms_top_n()]
             final_boxes.append(boxes[keep])
             final_scores.append(scores[keep])
         return final_boxes, final_scores

@@ -78,3 +78,46 @@ def test_model_proposals_equal_torchvisions_rpn(golden_bundle, golden_dir):
     assert len(ours[0]) == len(theirs[0]) == 1000
     as_rows = lambda t: {tuple(r) for r in t.tolist()}  # noqa: E731
     assert as_rows(ours[0]) == as_rows(theirs[0])
+
+
+def _host_syncs(fn) -> dict[str, int]:
+    """How often ``fn`` made the host wait for a tensor's value: ``aten::_local_scalar_dense`` is behind
+    ``.item()``, ``bool(t)``, ``int(t)`` and ``.tolist()``; ``aten::nonzero`` sizes its output on the host."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    counts = {e.key: e.count for e in prof.key_averages()}
+    return {k: counts.get(k, 0) for k in ("aten::_local_scalar_dense", "aten::nonzero")}
+
+
+def test_gpu_proposals_make_no_host_decision_inside_the_levels(golden_bundle, golden_dir):
+    """What runs on CUDA (``prefix_nms`` off) decides nothing on the host per level: counted here on
+    CPU with the profiler, against the CPU loop, which does, and against torchvision's own RPN, whose
+    data-dependent shapes (small boxes, score floor) it keeps and no more; all keep the same proposals."""
+    import numpy as np
+    from PIL import Image
+    from torchvision.models.detection.rpn import RegionProposalNetwork
+
+    from img2pose_core.bundle import open_bundle
+
+    model = open_bundle(golden_bundle).build_model(min_size=400, max_size=1400).eval()
+    image = np.asarray(Image.open(golden_dir / "images" / "teaser.jpg").convert("RGB")).copy()
+    results, syncs = {}, {}
+    with torch.inference_mode():
+        batch, _ = model.transform([torch.from_numpy(image).permute(2, 0, 1).float() / 255] * 2)
+        features = model.backbone(batch.tensors)
+        for prefix in (True, False):
+            model.rpn.prefix_nms = prefix
+
+            def run(prefix=prefix):
+                results[prefix] = model.rpn(batch, features)[0]
+
+            syncs[prefix] = _host_syncs(run)
+        model.rpn.filter_proposals = RegionProposalNetwork.filter_proposals.__get__(model.rpn)
+        syncs["torchvision"] = _host_syncs(lambda: model.rpn(batch, features))
+    assert syncs[False]["aten::_local_scalar_dense"] == 0, syncs
+    assert syncs[False]["aten::nonzero"] == syncs["torchvision"]["aten::nonzero"], syncs
+    assert syncs[True]["aten::_local_scalar_dense"] > 0  # the CPU loop decides on the host: the count can fail
+    for ours, theirs in zip(results[True], results[False]):
+        assert {tuple(r) for r in ours.tolist()} == {tuple(r) for r in theirs.tolist()}

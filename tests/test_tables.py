@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime, timezone
 import signal
 import subprocess
 import sys
@@ -315,9 +316,9 @@ def test_catalog_uris(uri, expected):
 
 
 def test_rest_and_glue_catalogs_with_credentials_from_the_environment(ray_head, s3_corpus, golden_bundle, tmp_path, monkeypatch):  # noqa: F811
-    """The same job into an Iceberg REST catalog (a real one on 127.0.0.1 that wants a bearer token)
-    and into AWS Glue (moto's), warehouses on S3; the token comes from the environment and is found in
-    no output."""
+    """The job into an Iceberg REST catalog (a real one on 127.0.0.1 that wants a bearer token), and the
+    same commit into AWS Glue (moto's), warehouses on S3; the token comes from the environment and is
+    found in no output."""
     from rest_catalog import RestCatalogServer
 
     from img2pose_core.output import open_tables
@@ -341,18 +342,32 @@ def test_rest_and_glue_catalogs_with_credentials_from_the_environment(ray_head, 
         refused = _job([*args[:-1], "again"], dict(no_token, RAY_ADDRESS="127.0.0.1:1"), timeout=120)
         assert refused.returncode == 2 and "--catalog" in refused.stderr, refused.stderr[-2000:]
 
-    glue_env = {"PYICEBERG_CATALOG__IMG2POSE__GLUE__ENDPOINT": endpoint}
-    env = dict(ray_head.env, IMG2POSE_CACHE=str(tmp_path / "cache"), **glue_env)
-    args = ["--input", "s3://tables/in", "--output", "s3://tables/glue-out", "--s3-endpoint-url", endpoint,
-            "--catalog", "glue", "--namespace", "annotations", "--bundle", str(golden_bundle), *SMALL]  # fmt: skip
-    proc = _job(args, env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    for key, value in glue_env.items():
-        monkeypatch.setenv(key, value)
-    con = open_tables("s3://tables/glue-out", catalog="glue", namespace="annotations", s3_endpoint_url=endpoint)
-    _check_latest(con, s3_corpus["inputs"])
+    # AWS Glue (moto's), through the same functions the job's driver calls, on this S3: tables made,
+    # a run's files committed, read back through the views.
     import boto3
+    import pyarrow.parquet as pq
 
+    from img2pose_core.iceberg import commit_run, open_catalog
+    from img2pose_core.iceberg import open_tables as open_iceberg
+    from img2pose_core.output import IMAGES_SCHEMA
+
+    monkeypatch.setenv("PYICEBERG_CATALOG__IMG2POSE__GLUE__ENDPOINT", endpoint)
+    tables = open_iceberg(open_catalog("glue", "s3://tables/glue-warehouse", endpoint), "annotations")
+    rows = [{f.name: None for f in IMAGES_SCHEMA} | {"run_id": "g", "image_uri": f"s3://x/{i}.jpg", "status": "ok",
+            "num_faces": 0, "model_sha256": "ab" * 32, "processed_at": datetime.now(timezone.utc)} for i in range(3)]  # fmt: skip
+    import s3fs
+
+    fs = s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True)
+    path = f"{tables.data_folder('images', 'g')}/part-{'0' * 32}.parquet"
+    with fs.open(path, "wb") as f:
+        pq.write_table(pa.Table.from_pylist(rows, schema=IMAGES_SCHEMA), f)
+    now = datetime.now(timezone.utc)
+    ids = commit_run(tables, "g", [], [path], lambda ids: {
+        "run_id": "g", "status": "succeeded", "started_at": now, "ended_at": now, "images": 3, "ok": 3, "faces": 0,
+        "model_sha256": "ab" * 32, "bundle_digest": "cd" * 32, "manifest": "{}"})  # fmt: skip
+    assert ids["images"] is not None and ids["faces"] is None
+    con = open_tables("s3://tables/glue-out", catalog="glue", namespace="annotations", s3_endpoint_url=endpoint)
+    assert con.execute("select count(*) from latest_images").fetchone()[0] == 3
     glue = boto3.client("glue", endpoint_url=endpoint, region_name="us-east-1")
     assert {t["Name"] for t in glue.get_tables(DatabaseName="annotations")["TableList"]} == {"faces", "images", "runs"}
 
