@@ -163,6 +163,12 @@ def test_job_over_s3_writes_both_tables(ray_head, bucket, golden_bundle, golden_
 
     fs = _s3fs(bucket["endpoint"])
     faces, images = _read_tables("corpus/out", fs)
+    # pandas and pyarrow read the tables on S3 as they are (one run_id type: the files' own column).
+    import pandas as pd
+
+    options = {"endpoint_url": bucket["endpoint"]}
+    assert len(pd.read_parquet("s3://corpus/out/images", storage_options=options)) == images.num_rows
+    assert pq.read_table("corpus/out/faces", filesystem=fs).num_rows == faces.num_rows
     for table, schema in (("images", IMAGES_SCHEMA), ("faces", FACES_SCHEMA)):
         files = fs.find(f"corpus/out/{table}")
         assert files and all("/first/part-" in f for f in files)
