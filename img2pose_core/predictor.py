@@ -122,6 +122,21 @@ def _to_chw_float(image: ImageInput) -> Tensor:
     raise TypeError(f"unsupported image type {type(image).__name__}; pass a numpy array, PIL image or tensor")
 
 
+COMPILE_MODES = ("off", "dynamic", "reduce-overhead", "max-autotune")
+
+
+def compile_mode(value: bool | str | None) -> str:
+    """The backbone's ``torch.compile`` mode: ``off``; ``dynamic`` (one graph for every size, ``True``);
+    ``reduce-overhead`` or ``max-autotune`` (a static graph per padded network size, CUDA graphs on GPU)."""
+    if value is None or value is False:
+        return "off"
+    if value is True:
+        return "dynamic"
+    if value not in COMPILE_MODES:
+        raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, not {value!r}")
+    return str(value)
+
+
 class Predictor:
     """img2pose on a device, loaded once per process and bundle.
 
@@ -146,7 +161,7 @@ class Predictor:
         landmarks_68: bool = False,
         batch_size: int = 8,
         channels_last: bool | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
     ) -> None:
         from .bundle import Bundle, open_bundle
 
@@ -175,7 +190,7 @@ class Predictor:
         # NHWC: faster convolutions on GPUs (tensor cores) and on CPU (oneDNN, about 15% on the
         # benchmark machine), and the CPU RoI pooling gathers whole channel vectors from it.
         self.channels_last = True if channels_last is None else bool(channels_last)
-        self.compile = bool(compile)
+        self.compile = compile_mode(compile)
         self.threshold = float(threshold if threshold is not None else s.threshold)
         if not 0.0 <= self.threshold < 1.0:
             raise ValueError(f"threshold must be in [0, 1), not {self.threshold}")
@@ -200,9 +215,13 @@ class Predictor:
                 if self.channels_last:
                     model.backbone.to(memory_format=torch.channels_last)
                     model.channels_last = True
-                if self.compile:
+                if self.compile == "dynamic":
                     # Image sizes vary: dynamic shapes avoid a recompilation per size.
                     model.backbone = torch.compile(model.backbone, dynamic=True)
+                elif self.compile != "off":
+                    # One graph per padded network size (batches only ever hold one size): on CUDA both
+                    # modes replay it as a CUDA graph; max-autotune also searches kernel configurations.
+                    model.backbone = torch.compile(model.backbone, mode=self.compile, dynamic=False)
                 _MODEL_CACHE[key] = model
         return model
 

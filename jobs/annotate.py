@@ -54,6 +54,26 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive number of seconds, got {text!r}")
+    return value
+
+
+def _cpus(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of CPUs, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of CPUs, got {text!r}")
+    return value
+
+
 def _column_names(text: str) -> list[str]:
     from img2pose_core.output import IMAGES_SCHEMA
 
@@ -164,15 +184,38 @@ def build_parser() -> argparse.ArgumentParser:
         "pixels of a 720p photo) and are decoded there in batches, on the GPU (nvJPEG) where the actors have "
         "one; other formats are decoded on CPU as usual",
     )  # fmt: skip
-    m.add_argument("--compile", action="store_true", help="torch.compile the backbone on GPU actors (slower start, faster steady state)")
+    m.add_argument(
+        "--compile", nargs="?", const="dynamic", default="off", choices=["off", "dynamic", "reduce-overhead", "max-autotune"],
+        help="torch.compile the backbone on GPU actors (slower start, faster steady state): dynamic (the flag "
+        "alone) compiles one graph for every image size; reduce-overhead and max-autotune one static graph per "
+        "padded size, replayed as a CUDA graph (max-autotune also tunes kernels, minutes at start)",
+    )  # fmt: skip
     m.add_argument("--max-pixels", type=_positive_int, default=100_000_000, help="refuse images declaring more pixels, before decoding")
 
     r = p.add_argument_group("resources")
     r.add_argument("--batch-size", type=_positive_int, default=None, help="images per model call (default 16 on GPU, 4 on CPU)")
     r.add_argument("--num-gpus-per-actor", type=_gpus, default=None, help="GPUs per model actor, fractions allowed (default: 1 if the cluster has GPUs, else 0 = CPU)")
-    r.add_argument("--concurrency", type=_concurrency, default=None, metavar="MIN,MAX", help="model actors (autoscaling between MIN and MAX); default: one per GPU, or 1 on CPU")
-    r.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved by each model actor")
-    r.add_argument("--torch-threads", type=_positive_int, default=None, help="threads of each CPU model actor (default: the node's CPUs / actors)")
+    r.add_argument(
+        "--concurrency", type=_concurrency, default=None, metavar="MIN,MAX",
+        help="model actors (autoscaling between MIN and MAX); default: one per GPU, or on CPU one per CPU "
+        "(fewer if the nodes' memory cannot hold them)",
+    )  # fmt: skip
+    r.add_argument(
+        "--cpus-per-actor", type=_cpus, default=None,
+        help="CPUs Ray reserves for each model actor; default: 1 with GPUs, on CPU the actor's threads, shrunk "
+        "so that half a CPU stays free for the listing tasks",
+    )  # fmt: skip
+    r.add_argument("--torch-threads", type=_positive_int, default=None, help="threads of each CPU model actor (default: the cluster's CPUs / actors)")
+    r.add_argument(
+        "--load-in", choices=["auto", "actor", "tasks"], default="auto",
+        help="where files are read and decoded: in the model actors (no pixels through the object store), or "
+        "in CPU tasks of their own that feed them; auto: actor on CPU, tasks with GPUs",
+    )  # fmt: skip
+    r.add_argument(
+        "--wait-for-resources", type=_non_negative_float, default=0.0, metavar="SECONDS",
+        help="when the cluster cannot hold the model actors, wait this long for nodes to join (autoscaling "
+        "clusters) before failing; 0 fails at once",
+    )  # fmt: skip
     r.add_argument("--sources-per-task", type=_positive_int, default=16, help="files (or tar shards) read and decoded per CPU task")
     r.add_argument(
         "--shuffle-partitions", type=_positive_int, default=None,

@@ -8,6 +8,7 @@ driver commits the whole run once its files are written.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -38,6 +39,7 @@ from .inputs import (
 )
 from img2pose_core.output import LEGACY_PARTITION, RunManifest
 
+from .resources import ActorPlan, describe_cluster, plan_actors, unmet_needs
 from .storage import StorageConfig, join_uri, with_retries
 
 __all__ = ["JobError", "run_job", "check_output", "plain_done_files", "kept_schema"]
@@ -184,7 +186,8 @@ def _sources_dataset(
     specs: list[InputSpec], storage: StorageConfig, url_column: str, policy: ManifestPolicy, partitions: int,
     keep: list[str],
 ):
-    """One Ray dataset of source rows for all inputs; prefixes listed in parallel tasks.
+    """One Ray dataset of source rows for all inputs, prefixes listed in parallel tasks; and the number
+    of sources where the driver knows it (every input listed here: no sub-folder, no manifest), else None.
 
     Where inputs can name one file twice (manifests, globs beside other inputs), the rows are grouped
     by URI with a hash shuffle (exact whatever the size) and every copy after the first is counted as
@@ -209,8 +212,9 @@ def _sources_dataset(
         datasets.append(listing.flat_map(lambda row: list(list_prefix(row["prefix"], storage)), num_cpus=0.25))
     first, *rest = datasets
     ds = first.union(*rest) if rest else first
+    known = len(direct) if len(datasets) == 1 and direct else None
     if not needs_dedupe(specs):
-        return ds
+        return ds, known
     from ray.data.aggregate import Count, Min
     from ray.data.context import DataContext, ShuffleStrategy
 
@@ -219,7 +223,7 @@ def _sources_dataset(
     # partition holds only URIs (about 100 bytes each).
     choices = ds.map_batches(with_choice, batch_format="pyarrow", num_cpus=0.25)
     grouped = choices.groupby("source_uri", num_partitions=partitions).aggregate(Count(), Min("choice"))
-    return grouped.map_batches(expand_groups, batch_format="pyarrow", num_cpus=0.25)
+    return grouped.map_batches(expand_groups, batch_format="pyarrow", num_cpus=0.25), known
 
 
 def _manifest_dataset(spec: InputSpec, storage: StorageConfig, url_column: str, policy: ManifestPolicy, keep: list[str]):
@@ -285,28 +289,23 @@ def run_job(args: argparse.Namespace) -> int:
 
     from .done import attach_done
     from .sink import AnnotationSink, TableFolders, remove_orphans
-    from .stages import CropStage, LoadSettings, ModelStage
+    from .stages import CropStage, LoadSettings, ModelStage, SourcesModelStage
 
     ray.init(ignore_reinit_error=True, logging_level="WARNING", log_to_driver=True)
     resources = ray.cluster_resources()
-    gpus_in_cluster = float(resources.get("GPU", 0))
-    gpus_per_actor = args.num_gpus_per_actor
-    if gpus_per_actor is None:
-        gpus_per_actor = 1.0 if gpus_in_cluster >= 1 else 0.0
-    if gpus_per_actor > 0 and gpus_in_cluster == 0:
-        _log("warning: --num-gpus-per-actor > 0 but the cluster has no GPU now; actors wait for GPU nodes to join")
-    on_gpu = gpus_per_actor > 0
-    if args.concurrency:
-        pool_min, pool_max = args.concurrency
-    elif on_gpu:
-        pool_min = pool_max = max(1, int(gpus_in_cluster / gpus_per_actor)) if gpus_in_cluster else 1
-    else:
-        pool_min = pool_max = 1
-    batch_size = args.batch_size or (16 if on_gpu else 4)
-    torch_threads = None
-    if not on_gpu:
-        cpus = int(resources.get("CPU", os.cpu_count() or 1))
-        torch_threads = args.torch_threads or max(1, cpus // max(pool_max, 1))
+    settings = bundle.settings
+    min_size, max_size = args.min_size or settings.min_size, args.max_size or settings.max_size
+    gpus_now = float(resources.get("GPU", 0))
+    batch_size = args.batch_size or (16 if (args.num_gpus_per_actor or (args.num_gpus_per_actor is None and gpus_now >= 1)) else 4)
+    plan = plan_actors(
+        resources, num_gpus_per_actor=args.num_gpus_per_actor, concurrency=args.concurrency,
+        cpus_per_actor=args.cpus_per_actor, torch_threads=args.torch_threads, batch_size=batch_size,
+        min_size=min_size, max_size=max_size, load_in=args.load_in,
+        shuffles=bool(args.skip_existing) or needs_dedupe(specs),
+    )  # fmt: skip
+    _wait_for_resources(plan, args.wait_for_resources)
+    on_gpu, gpus_per_actor, (pool_min, pool_max) = plan.on_gpu, plan.gpus_per_actor, plan.pool
+    torch_threads = plan.torch_threads
     partitions = args.shuffle_partitions or max(2, int(resources.get("CPU", 1)))
 
     removed, dead_runs = 0, []
@@ -329,18 +328,17 @@ def run_job(args: argparse.Namespace) -> int:
         _log(f"--skip-existing: {len(done_files)} images file(s) hold the done set; joined with the inputs in "
              f"{partitions} partitions")  # fmt: skip
 
-    settings = bundle.settings
     predictor_kwargs = {
         "device": "cuda" if on_gpu else "cpu",
         "precision": args.precision,
-        "min_size": args.min_size or settings.min_size,
-        "max_size": args.max_size or settings.max_size,
+        "min_size": min_size,
+        "max_size": max_size,
         "threshold": args.threshold,
         "max_faces": args.max_faces,
         "crop_size": args.crops or 112,
         "align_mode": args.align,
         "batch_size": batch_size,
-        "compile": bool(args.compile and on_gpu),
+        "compile": args.compile if on_gpu else "off",
     }
     bundle_files = None
     bundle_uri = str(bundle.uri)
@@ -354,7 +352,7 @@ def run_job(args: argparse.Namespace) -> int:
     form = f"Iceberg {tables.namespace}" if tables is not None else "Parquet"
     _log(
         f"run {run_id}: {len(specs)} input(s) -> {redact_uri(output)} ({form}); model {bundle.model_sha256[:12]} "
-        f"({'GPU x%g' % gpus_per_actor if on_gpu else 'CPU'}, actors {pool_min}..{pool_max}, batch {batch_size}, "
+        f"({plan.describe()}, batch {batch_size}, "
         f"min/max size {predictor_kwargs['min_size']}/{predictor_kwargs['max_size']}, threshold {args.threshold})"
     )
     load = LoadSettings(
@@ -363,33 +361,50 @@ def run_job(args: argparse.Namespace) -> int:
         read_timeout_s=args.read_timeout, output_root=output, device_decode=args.gpu_decode,
     )  # fmt: skip
     policy = ManifestPolicy(allow_local_files=args.allow_local_files)
-    ds = _sources_dataset(specs, storage, args.url_column, policy, partitions, args.keep_columns)
+    ds, known_sources = _sources_dataset(specs, storage, args.url_column, policy, partitions, args.keep_columns)
+    sources_per_task = args.sources_per_task
+    if plan.load_in == "actor" and known_sources is not None:
+        # Few sources: spread them over the actors, and start no actor that would get none.
+        pool_max = max(1, min(pool_max, known_sources))
+        pool_min = min(pool_min, pool_max)
+        sources_per_task = max(1, min(sources_per_task, -(-known_sources // pool_max)))
     if done_files is not None:
         done_fs = storage.fs(done_files[0])[0] if done_files else None
         ds = attach_done(ds, [storage.fs(f)[1] for f in done_files], done_fs, partitions)
-    ds = ds.map_batches(
-        _load_udf, fn_kwargs={"settings": load}, batch_size=args.sources_per_task, batch_format="numpy", num_cpus=1,
-    )  # fmt: skip
-    ds = ds.map_batches(
-        ModelStage,
-        fn_constructor_kwargs={
-            "bundle_uri": bundle_uri, "bundle_files": bundle_files, "bundle_digest": bundle.digest,
-            "predictor_kwargs": predictor_kwargs, "torch_threads": torch_threads,
-            "storage_options": storage.options_for(bundle_uri), "shown_uri": bundle_shown, "keep_bytes": bool(args.crops),
-        },
-        compute=ray.data.ActorPoolStrategy(min_size=pool_min, max_size=pool_max, max_tasks_in_flight_per_actor=2),
-        batch_size=batch_size, batch_format="numpy", num_gpus=gpus_per_actor or None, num_cpus=args.cpus_per_actor,
-        # Ray starts a worker with OMP_NUM_THREADS set to its CPU request (1); the OpenMP runtime reads it
+    model_kwargs = {
+        "bundle_uri": bundle_uri, "bundle_files": bundle_files, "bundle_digest": bundle.digest,
+        "predictor_kwargs": predictor_kwargs, "torch_threads": torch_threads,
+        "storage_options": storage.options_for(bundle_uri), "shown_uri": bundle_shown, "keep_bytes": bool(args.crops),
+    }  # fmt: skip
+    actor_options = {
+        "compute": ray.data.ActorPoolStrategy(min_size=pool_min, max_size=pool_max, max_tasks_in_flight_per_actor=2),
+        "batch_format": "numpy", "num_gpus": gpus_per_actor or None, "num_cpus": plan.cpus_per_actor,
+        # Ray starts a worker with OMP_NUM_THREADS set to its CPU request; the OpenMP runtime reads it
         # when it loads, before torch.set_num_threads, and the model ran 10 % slower than with the
-        # variable at torch's thread count (measured in an actor on the development machine).
-        runtime_env={"env_vars": {"OMP_NUM_THREADS": str(torch_threads)}} if torch_threads else None,
-    )  # fmt: skip
+        # variable at torch's thread count (measured in an actor on the development machine). Only
+        # where it differs from Ray's: a runtime_env costs a fresh worker process (about 2 s here).
+        "runtime_env": ({"env_vars": {"OMP_NUM_THREADS": str(torch_threads)}}
+                        if torch_threads and torch_threads != max(int(plan.cpus_per_actor), 1) else None),
+    }  # fmt: skip
+    if plan.load_in == "actor":
+        load = dataclasses.replace(load, rows_per_batch=batch_size)
+        ds = ds.map_batches(SourcesModelStage, fn_constructor_kwargs={"load": load, **model_kwargs},
+                            batch_size=sources_per_task, **actor_options)  # fmt: skip
+    else:
+        ds = ds.map_batches(
+            _load_udf, fn_kwargs={"settings": load}, batch_size=sources_per_task, batch_format="numpy", num_cpus=1,
+        )  # fmt: skip
+        ds = ds.map_batches(ModelStage, fn_constructor_kwargs=model_kwargs, batch_size=batch_size, **actor_options)
     if args.crops:
-        ds = ds.map_batches(CropStage(output, storage, args.crops), batch_format="pyarrow", num_cpus=1, batch_size=64)
+        # Beside CPU actors only the reserve is free (ActorPlan.reserve_cpus): a stage asking 1 CPU
+        # would wait for the actors to finish, and its input would pile up meanwhile.
+        small = plan.load_in == "actor"
+        ds = ds.map_batches(CropStage(output, storage, args.crops), batch_format="pyarrow",
+                            num_cpus=0.25 if small else 1, batch_size=64)  # fmt: skip
     sink = AnnotationSink(folders, storage, run_id, bundle.model_sha256, rows_per_file=args.rows_per_file, kept=kept)
     t0 = time.perf_counter()
     try:
-        ds.write_datasink(sink)
+        ds.write_datasink(sink, ray_remote_args={"num_cpus": 0.25})
     except Exception as exc:  # noqa: BLE001 - any failure of the distributed run ends here
         cause = redact_text(_root_cause(exc), [*args.input, output, *secrets])
         failed = RunManifest(run_id=run_id, status="failed", started_at=started_wall.isoformat(),
@@ -422,7 +437,7 @@ def run_job(args: argparse.Namespace) -> int:
                 "license": bundle.license},
         model=dict(predictor_kwargs),
         resources={"gpus_per_actor": gpus_per_actor, "actors": [pool_min, pool_max], "torch_threads": torch_threads,
-                   "shuffle_partitions": partitions},
+                   "cpus_per_actor": plan.cpus_per_actor, "load_in": plan.load_in, "shuffle_partitions": partitions},
         versions=_versions(),
         counts={"images": images, "by_status": statuses, "faces": totals["faces"], "skipped": totals["skipped"],
                 "not_written": totals["ignored"], "files": totals["files"], "orphans_removed": removed,
@@ -479,6 +494,32 @@ def _commit(tables, manifest: RunManifest, totals: dict, args: argparse.Namespac
                        f"({type(exc).__name__}: {redact_text(str(exc), [args.catalog])}); run the same command "
                        "again with --skip-existing and a new --run-id", exit_code=1) from exc  # fmt: skip
     manifest.iceberg["snapshots"]["runs"] = ids.get("runs")
+
+
+def _alive_nodes() -> list[dict[str, float]]:
+    import ray
+
+    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+
+
+def _wait_for_resources(plan: ActorPlan, wait_s: float) -> None:
+    """Fail at once (or after ``wait_s`` seconds of polling, for an autoscaler to add nodes) when the
+    cluster cannot hold the smallest model pool: Ray Data would otherwise wait forever."""
+    nodes = _alive_nodes()
+    problems = unmet_needs(plan, nodes)
+    if problems and wait_s > 0:
+        _log(f"waiting up to {wait_s:g} s for the cluster to hold the model actors: needs {'; '.join(problems)}")
+        deadline = time.monotonic() + wait_s
+        while problems and time.monotonic() < deadline:
+            time.sleep(min(5.0, max(deadline - time.monotonic(), 0.0)))
+            nodes = _alive_nodes()
+            problems = unmet_needs(plan, nodes)
+    if problems:
+        waited = f" after waiting {wait_s:g} s" if wait_s > 0 else ""
+        fixes = ("fewer actors (--concurrency MIN,MAX), less per actor (--cpus-per-actor, --num-gpus-per-actor, "
+                 "--batch-size, --max-size), or more nodes; on an autoscaling cluster give --wait-for-resources SECONDS")  # fmt: skip
+        raise JobError(f"the cluster cannot hold the model actors{waited}: it needs {'; '.join(problems)}. "
+                       f"It has {describe_cluster(nodes)}. Ask for {fixes}")  # fmt: skip
 
 
 def _redacted_arguments(arguments: dict) -> dict:

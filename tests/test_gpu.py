@@ -75,11 +75,17 @@ def test_reduced_precision_runs_and_keeps_geometry_in_float64(golden_bundle, gol
     assert abs(len(faces) - len(ref)) <= max(2, len(ref) // 5)
 
 
-def test_compiled_backbone_gives_the_same_faces(golden_bundle, golden_dir):
+@pytest.mark.parametrize("mode", [True, "reduce-overhead"])
+def test_compiled_backbone_gives_the_same_faces(golden_bundle, golden_dir, mode):
+    """Dynamic shapes, and a static graph replayed as a CUDA graph (twice: the replay must not reuse
+    the previous batch's outputs)."""
     _, image = next(_golden_runs(golden_dir))
     kwargs = {"threshold": 0.5, "min_size": 400, "max_size": 1400}
     eager = Predictor(str(golden_bundle), device="cuda", **kwargs).predict([image])[0]
-    compiled = Predictor(str(golden_bundle), device="cuda", compile=True, **kwargs).predict([image])[0]
+    predictor = Predictor(str(golden_bundle), device="cuda", compile=mode, **kwargs)
+    for compiled in (predictor.predict([image])[0], predictor.predict([image[::-1].copy()])[0],
+                     predictor.predict([image])[0]):  # fmt: skip
+        pass
     assert len(eager) == len(compiled)
     np.testing.assert_allclose(compiled.scores, eager.scores, atol=1e-4)
     np.testing.assert_allclose(compiled.poses, eager.poses, atol=1e-3)

@@ -307,15 +307,15 @@ def test_failure_message_names_the_error():
 def test_killed_workers_lose_nothing(ray_head, golden_bundle, golden_dir, tmp_path):
     """SIGKILL a decode (load) task, the model actor and a write task while the job runs.
 
-    ``--cpus-per-actor 0.5`` keeps the load tasks out of the model actor (with equal CPUs Ray Data
-    fuses them into it, as on a CPU-only cluster by default); on GPU clusters they are separate anyway.
+    ``--load-in tasks`` keeps decoding in load tasks of its own, as on GPU clusters (on a CPU-only cluster
+    the model actors read and decode their sources themselves by default).
     """
     inputs = _corpus(golden_dir, tmp_path / "corpus", 120, 3000)
     out = tmp_path / "out"
     env = dict(ray_head.env, IMG2POSE_CACHE=str(tmp_path / "cache"))
     args = [
         "--input", str(tmp_path / "corpus"), "--output", str(out), "--bundle", str(golden_bundle), *SMALL,
-        "--run-id", "killed", "--sources-per-task", "4", "--batch-size", "4", "--rows-per-file", "8", "--cpus-per-actor", "0.5",
+        "--run-id", "killed", "--sources-per-task", "4", "--batch-size", "4", "--rows-per-file", "8", "--load-in", "tasks",
     ]  # fmt: skip
     parts = out / "images" / "killed"
     killed: dict[str, tuple[int, str, int]] = {}
@@ -485,10 +485,10 @@ def test_bad_input_and_bombs_stay_within_memory(ray_head, golden_bundle, golden_
     input_bytes = sum(p.stat().st_size for p in corpus.iterdir())
     out = tmp_path / "out"
     env = dict(ray_head.env, IMG2POSE_CACHE=str(tmp_path / "cache"))
-    # --cpus-per-actor 0.5: decoding runs in load tasks of its own, as on GPU clusters, so that its
-    # memory is seen apart from the model actor's (with equal CPUs Ray Data fuses the two).
+    # --load-in tasks: decoding runs in load tasks of its own, as on GPU clusters, so that its memory is
+    # seen apart from the model actors' (on CPU they read and decode their sources by default).
     args = ["--input", str(corpus), "--output", str(out), "--bundle", str(golden_bundle), *SMALL, "--run-id", "bad",
-            "--cpus-per-actor", "0.5", "--sources-per-task", "4"]  # fmt: skip
+            "--load-in", "tasks", "--sources-per-task", "4"]  # fmt: skip
     with open(tmp_path / "job.err", "w") as err:
         proc = subprocess.Popen([sys.executable, JOB, *args], env=env, stdout=subprocess.DEVNULL, stderr=err)
         sampler = _MemorySampler(ray_head, proc.pid)

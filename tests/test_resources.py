@@ -1,0 +1,175 @@
+"""The model actor pool: its layout from the cluster's resources, and the check that it fits.
+
+Unit tests of :mod:`jobs.resources` (pure), then the job on a real fixed-size local Ray cluster
+(2 CPUs, no GPU): a pool that cannot fit ends in exit 2 within seconds with what to change, instead
+of Ray Data's wait that "may hang forever"; and the CPU layout (one actor per CPU, decoding in the
+actors) gives the same rows as decoding in tasks of its own.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+from PIL import Image
+
+from conftest import ROOT, needs_golden
+from jobs.resources import GIB, ActorPlan, actor_memory_estimate, plan_actors, unmet_needs
+from ray_fixtures import ray_head  # noqa: F401
+from s3_fixtures import s3_server  # noqa: F401
+
+JOB = str(ROOT / "jobs" / "annotate.py")
+SMALL = ["--min-size", "32", "--max-size", "64", "--threshold", "0.5"]
+
+
+def _plan(resources, **flags) -> ActorPlan:
+    base = dict(num_gpus_per_actor=None, concurrency=None, cpus_per_actor=None, torch_threads=None,
+                batch_size=4, min_size=640, max_size=1400)  # fmt: skip
+    return plan_actors(resources, **(base | flags))
+
+
+NODE_2CPU = {"CPU": 2.0, "memory": 16 * GIB}
+
+
+def test_cpu_default_is_one_single_thread_actor_per_cpu_decoding_in_the_actors():
+    plan = _plan(NODE_2CPU)
+    assert (plan.on_gpu, plan.pool, plan.torch_threads, plan.load_in) == (False, (2, 2), 1, "actor")
+    # Half a CPU stays free for the listing tasks.
+    assert plan.cpus_per_actor == pytest.approx(0.75)
+    assert unmet_needs(plan, [NODE_2CPU]) == []
+
+
+def test_a_shuffle_keeps_a_cpu_and_its_aggregators_free():
+    """Ray Data's hash-shuffle tasks ask 1 CPU each: actors holding more than CPUs - 1 would starve them."""
+    plan = _plan(NODE_2CPU, shuffles=True)
+    assert plan.pool == (2, 2) and plan.cpus_per_actor == pytest.approx(0.25) and plan.reserve_cpus == pytest.approx(1.5)
+    assert unmet_needs(plan, [NODE_2CPU]) == []
+    squeezed = _plan(NODE_2CPU, shuffles=True, concurrency=(2, 2), cpus_per_actor=0.75)
+    assert any("shuffle" in p for p in unmet_needs(squeezed, [NODE_2CPU]))
+
+
+def test_cpu_pool_is_capped_by_memory():
+    per_actor = actor_memory_estimate(640, 1400, 4, on_gpu=False)
+    plan = _plan({"CPU": 16.0, "memory": 3.5 * per_actor})
+    assert plan.pool == (3, 3) and plan.torch_threads == 5
+    assert unmet_needs(plan, [{"CPU": 16.0, "memory": 3.5 * per_actor}]) == []
+
+
+def test_explicit_threads_and_single_actor():
+    plan = _plan({"CPU": 8.0, "memory": 64 * GIB}, concurrency=(1, 1))
+    assert plan.pool == (1, 1) and plan.torch_threads == 8 and plan.cpus_per_actor == pytest.approx(7.5)
+    plan = _plan({"CPU": 8.0, "memory": 64 * GIB}, torch_threads=2)
+    assert plan.pool == (4, 4) and plan.torch_threads == 2
+
+
+def test_gpu_default_is_one_actor_per_gpu_decoding_in_tasks():
+    node = {"CPU": 16.0, "GPU": 4.0, "memory": 64 * GIB}
+    plan = _plan(node)
+    assert (plan.on_gpu, plan.pool, plan.gpus_per_actor, plan.cpus_per_actor, plan.load_in) == (True, (4, 4), 1.0, 1.0, "tasks")
+    assert unmet_needs(plan, [node]) == []
+    half = _plan(node, num_gpus_per_actor=0.5)
+    assert half.pool == (8, 8) and unmet_needs(half, [node]) == []
+
+
+def test_too_many_cpu_actors_do_not_fit():
+    plan = _plan(NODE_2CPU, concurrency=(4, 4))
+    assert plan.cpus_per_actor == 1.0  # threads beyond the CPUs: the full ask, not shrunk into a fit
+    problems = unmet_needs(plan, [NODE_2CPU])
+    assert problems and "4 model actor(s)" in problems[0] and "hold 2" in problems[0]
+
+
+def test_actors_are_counted_node_by_node():
+    nodes = [{"CPU": 8.0, "GPU": 1.0, "memory": 32 * GIB}] * 2
+    resources = {"CPU": 16.0, "GPU": 2.0, "memory": 64 * GIB}
+    assert unmet_needs(_plan(resources), nodes) == []
+    # Two GPUs in the cluster, but no node has two for one actor.
+    problems = unmet_needs(_plan(resources, num_gpus_per_actor=2.0, concurrency=(1, 1)), nodes)
+    assert problems and "hold 0" in problems[0]
+    # No GPU at all: the GPU pool cannot start.
+    assert unmet_needs(_plan(NODE_2CPU, num_gpus_per_actor=1.0), [NODE_2CPU])
+
+
+def test_decoding_tasks_need_a_cpu_beside_the_actors():
+    plan = _plan(NODE_2CPU, concurrency=(2, 2), cpus_per_actor=1.0, load_in="tasks")
+    problems = unmet_needs(plan, [NODE_2CPU])
+    assert any("decoding tasks" in p for p in problems)
+    assert unmet_needs(_plan(NODE_2CPU, load_in="tasks"), [NODE_2CPU]) == []
+
+
+# --- the job on a fixed-size local cluster -----------------------------------------------------------
+def _job(args: list[str], env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, JOB, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _images(folder: Path, golden_dir: Path, n: int) -> None:
+    folder.mkdir(parents=True)
+    with Image.open(golden_dir / "images" / "teaser.jpg") as im:
+        im = im.convert("RGB")
+        for i in range(n):
+            im.crop((i * 7, 0, i * 7 + 400, 300)).resize((96, 72)).save(folder / f"{i:02d}.jpg", quality=90)
+
+
+@needs_golden
+@pytest.mark.parametrize(
+    "flags, needs",
+    [
+        (["--concurrency", "4,4"], "4 model actor(s) of 1 CPU"),
+        (["--num-gpus-per-actor", "1"], "1 GPU"),
+        (["--concurrency", "2,2", "--cpus-per-actor", "1", "--load-in", "tasks"], "decoding tasks"),
+    ],
+)  # fmt: skip
+def test_a_pool_that_cannot_fit_fails_at_once(ray_head, golden_bundle, golden_dir, tmp_path, flags, needs):
+    _images(tmp_path / "in", golden_dir, 2)
+    start = time.monotonic()
+    proc = _job(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--bundle", str(golden_bundle),
+                 *SMALL, *flags], ray_head.env)  # fmt: skip
+    took = time.monotonic() - start
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "cannot hold the model actors" in proc.stderr and needs in proc.stderr, proc.stderr[-3000:]
+    assert "2 CPU, 0 GPU" in proc.stderr and "--concurrency" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert took < 90, f"took {took:.0f} s"
+    assert not (tmp_path / "out" / "images").exists()
+
+
+@needs_golden
+def test_waiting_for_resources_is_bounded(ray_head, golden_bundle, golden_dir, tmp_path):
+    _images(tmp_path / "in", golden_dir, 2)
+    start = time.monotonic()
+    proc = _job(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--bundle", str(golden_bundle),
+                 *SMALL, "--num-gpus-per-actor", "1", "--wait-for-resources", "6"], ray_head.env)  # fmt: skip
+    took = time.monotonic() - start
+    assert proc.returncode == 2 and "after waiting 6 s" in proc.stderr, proc.stderr[-3000:]
+    assert "waiting up to 6 s" in proc.stderr
+    assert 6 <= took < 120
+
+
+@needs_golden
+def test_decoding_in_the_actors_gives_the_rows_of_decoding_in_tasks(ray_head, golden_bundle, golden_dir, tmp_path):
+    """The CPU default (two actors, each loading its own sources) against load tasks feeding them."""
+    _images(tmp_path / "in", golden_dir, 9)
+    (tmp_path / "in" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    tables = {}
+    for layout in ("actor", "tasks"):
+        out = tmp_path / layout
+        proc = _job(["--input", str(tmp_path / "in"), "--output", str(out), "--bundle", str(golden_bundle), *SMALL,
+                     "--load-in", layout, "--run-id", layout], ray_head.env)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr
+        images = pads.dataset(out / "images", format="parquet").to_table().to_pandas()
+        faces = pads.dataset(out / "faces", format="parquet").to_table().to_pandas()
+        tables[layout] = (images.sort_values("image_uri").reset_index(drop=True),
+                          faces.sort_values(["image_uri", "face_index"]).reset_index(drop=True))  # fmt: skip
+    (a_images, a_faces), (t_images, t_faces) = tables["actor"], tables["tasks"]
+    assert len(a_images) == 10 and (a_images["status"] == "ok").sum() == 9
+    assert list(a_images["status"]) == list(t_images["status"])
+    assert list(a_images["image_sha256"]) == list(t_images["image_sha256"])
+    assert len(a_faces) == len(t_faces) > 0
+    # The layouts differ in torch threads (1 per actor, or 2), hence in float summation order only.
+    for column in ("score", "box_x1", "box_y2", "rx", "tz"):
+        assert np.allclose(a_faces[column], t_faces[column], rtol=1e-5, atol=1e-4), column
