@@ -278,22 +278,44 @@ def evaluate_wider(gt_boxes: dict, keep: dict, predictions: dict[str, Faces]) ->
     return {s: wider_ap(gt_boxes, keep[s], predictions) for s in keep}
 
 
-def box_vote(boxes: np.ndarray, scores: np.ndarray, iou: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
-    """Box voting of multi-scale detections: each group (IoU ≥ ``iou`` with the best remaining box) becomes
-    the score-weighted mean box with the group's best score."""
+def box_vote(boxes: np.ndarray, scores: np.ndarray, iou: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+    """Multi-scale box voting as the original WIDER evaluation does it (``bbox_voting``, ``--nms_threshold``
+    0.6 by default); ``wider_vote.npz`` of the golden files holds its outputs.
+
+    Highest score first, the top remaining box and every remaining box whose IoU with it (``+1`` pixel
+    convention) is ``>= iou`` form a group and leave the pool. Each member weighs (score / the group's
+    best score) x its IoU with the top box; the group gives the weighted mean of the corners and the
+    *unnormalised* score sum(score x weight), which exceeds 1 where several boxes vote. A box of
+    non-positive ``+1`` width or height overlaps nothing, itself included: it joins no group, and as the
+    top box it is dropped without output. No box at all gives no box (where the original raises).
+    """
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     order = np.argsort(-scores, kind="stable")
     boxes, scores = boxes[order], scores[order]
     out_b, out_s = [], []
     while len(scores):
-        ov = iou_matrix(boxes[:1], boxes, plus_one=True)[0]
-        group = ov >= iou
-        w = scores[group][:, None]
-        out_b.append((boxes[group] * w).sum(0) / w.sum())
-        out_s.append(scores[group].max())
+        with np.errstate(invalid="ignore", divide="ignore"):
+            overlap = _iou_plus_one(boxes[0], boxes)
+        group = overlap >= iou  # NaN (an empty box against itself) is not
+        if group.any():
+            weights = scores[group] / scores[group].max() * overlap[group]
+            out_b.append((boxes[group] * weights[:, None]).sum(0) / weights.sum())
+            out_s.append(float((scores[group] * weights).sum()))
+        group[0] = True  # the top box leaves the pool in every case
         boxes, scores = boxes[~group], scores[~group]
-    return np.asarray(out_b).reshape(-1, 4), np.asarray(out_s)
+    return np.asarray(out_b, dtype=np.float64).reshape(-1, 4), np.asarray(out_s, dtype=np.float64)
+
+
+def _iou_plus_one(top: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one box with many, +1 convention, without the guards of :func:`iou_matrix`: a degenerate
+    box gives 0 or NaN as in the original, never a positive overlap."""
+    area_top = (top[2] - top[0] + 1) * (top[3] - top[1] + 1)
+    areas = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
+    iw = np.maximum(0.0, np.minimum(top[2], boxes[:, 2]) - np.maximum(top[0], boxes[:, 0]) + 1)
+    ih = np.maximum(0.0, np.minimum(top[3], boxes[:, 3]) - np.maximum(top[1], boxes[:, 1]) + 1)
+    inter = iw * ih
+    return inter / (area_top + areas - inter)
 
 
 # --- Reports ------------------------------------------------------------------------------------------

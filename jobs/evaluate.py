@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None)
     p.add_argument("--multiscale", action="store_true", help="WIDER: min sizes 200..1700, flips, box voting")
     p.add_argument("--scales", default=None, help="comma-separated min sizes for --multiscale")
+    p.add_argument("--vote-iou", type=float, default=0.6, help="--multiscale: IoU that joins a voting group (the original's --nms_threshold)")
     p.add_argument("--device", default="auto")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
     return p
@@ -108,12 +109,13 @@ def main(argv: list[str] | None = None) -> int:
                 for m in models:
                     for flip in (False, True):
                         f = m.predict([img[:, ::-1].copy() if flip else img])[0]
-                        b = f.boxes.copy()
+                        b = f.boxes.astype(np.float64)
                         if flip:
                             b[:, [0, 2]] = w - b[:, [2, 0]]
-                        boxes.append(b)
+                        # The original evaluation votes on integer boxes (truncated toward zero).
+                        boxes.append(np.trunc(b))
                         scores.append(f.scores)
-                vb, vs = ev.box_vote(np.concatenate(boxes), np.concatenate(scores))
+                vb, vs = ev.box_vote(np.concatenate(boxes), np.concatenate(scores), iou=args.vote_iou)
                 preds[name] = ev.Faces(vb, vs, None, w, img.shape[0])
         result = ev.evaluate_wider(gt, keep, preds)
         result["images"] = len(names)

@@ -5,16 +5,18 @@
 
 Input: a list file (local or any fsspec URL) naming one JSON per line (paths relative to the list file);
 each JSON holds ``image_path`` (relative to the JSON), ``bboxes`` (x1 y1 x2 y2 per face) and ``landmarks``
-(5 or 68 points per face; all ``-1`` for a face without a pose). Per face the job computes the authors'
-labels: the *local* pose by PnP of the landmarks against the 3D reference points with the box intrinsics
-(focal ``bw + bh``, centre ``(bw // 2, bh // 2)``), the *global* pose (``geometry.pose_box_to_image``), and
-the training box: img2pose's box of the 68 reference points projected with the global pose.
+(5 or 68 points per face; a face with -1 in its landmarks has no pose), and for ``--format 300wlp`` the
+``pose_para`` of each face. Labels are the original's (:mod:`img2pose_core.labels`, reproduced on the
+golden ``labels.npz`` / ``labels_300wlp.npz``): integer boxes, faces with a degenerate box dropped, the
+box-frame pose by OpenCV's EPnP of the landmarks with the box intrinsics (300W-LP: rotation from
+``pose_para``, translation by EPnP with the image intrinsics), the image-frame pose, and the training
+box: the 68 reference points projected with that pose.
 
-Output under ``--output``: ``train/part-NNNNN.parquet`` (and ``val/``) with one row per image (``image``
-bytes, ``image_id``, ``width``, ``height``, per face ``boxes``, ``ann_boxes``, ``landmarks``, ``local_pose``,
-``global_pose``, ``has_pose``), ``pose_mean.npy`` / ``pose_stddev.npy`` over the training set's local poses
-(give them to ``img2pose bundle create``), and ``stats.json`` with counts (images skipped because no face has
-a pose, faces, PnP error).
+Output under ``--output``: ``train/part-NNNNN.parquet`` (and ``val/``) with one row per image that has a
+face with a pose (``image`` bytes, ``image_id``, ``width``, ``height``, per kept face ``boxes``,
+``ann_boxes``, ``landmarks``, ``local_pose``, ``global_pose``, ``has_pose``), ``pose_mean.npy`` /
+``pose_stddev.npy`` (float64) over the training set's box-frame poses (give them to ``img2pose bundle
+create``), and ``stats.json`` with counts.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", default=None, help="take the 3D reference points from this bundle")
     p.add_argument("--points-68", default=None, help="reference_3d_68_points_trans.npy (instead of --bundle)")
     p.add_argument("--points-5", default=None, help="reference_3d_5_points_trans.npy (instead of --bundle)")
+    p.add_argument("--format", choices=["wider", "300wlp"], default="wider",
+                   help="wider: poses fitted to the landmarks (training); 300wlp: rotation from each JSON's pose_para, "
+                   "translation fitted (fine-tuning)")
     p.add_argument("--rows-per-shard", type=int, default=1000, help="images per Parquet file")
     p.add_argument("--limit", type=int, default=None, help="first N images of each list only")
     return p
@@ -73,34 +78,38 @@ def read_annotation_list(list_uri: str, limit: int | None = None):
         yield json_uri, record, _join(_dirname(json_uri), record["image_path"])
 
 
-def label_image(record: dict, width: int, height: int, points_68: np.ndarray, points_5: np.ndarray) -> dict:
-    """Per-face labels of one annotation record (see the module docstring)."""
-    import torch
+def _face_landmarks(record: dict, n: int) -> list[np.ndarray]:
+    """Each face's landmarks as ``(K, 2)`` float64 (5 or 68 points; the count may differ between faces)."""
+    lms = record.get("landmarks") or []
+    if len(lms) != n:
+        raise ValueError(f"{n} boxes but {len(lms)} landmark lists")
+    return [np.asarray(face, dtype=np.float64).reshape(-1, np.shape(face)[-1] if np.ndim(face) == 2 else 2)[:, :2]
+            for face in lms]  # fmt: skip
 
-    from img2pose_core import geometry
-    from img2pose_core.training import local_pose_from_landmarks
 
-    boxes = np.asarray(record["bboxes"], dtype=np.float64).reshape(-1, 4)
-    n = len(boxes)
-    lms = np.asarray(record["landmarks"], dtype=np.float64).reshape(n, -1, 2) if n else np.zeros((0, 5, 2))
-    has_pose = ~(lms == -1).all(axis=(1, 2)) if n else np.zeros(0, dtype=bool)
-    local = np.zeros((n, 6))
-    global_ = np.zeros((n, 6))
-    train_boxes = boxes.copy()
-    rms = np.zeros(n)
-    idx = np.nonzero(has_pose)[0]
-    if len(idx):
-        refs = points_5 if lms.shape[1] == 5 else points_68
-        local[idx], rms[idx] = local_pose_from_landmarks(lms[idx], boxes[idx], refs)
-        wh = torch.tensor([width, height]).expand(len(idx), 2)
-        g = geometry.pose_box_to_image(torch.from_numpy(local[idx]), torch.from_numpy(boxes[idx]), wh)
-        global_[idx] = g.numpy()
-        k = geometry.image_intrinsics(wh[:, 0], wh[:, 1])
-        lms68 = geometry.project_points(torch.from_numpy(points_68).double(), g, k)
-        train_boxes[idx] = geometry.face_box_from_landmarks(lms68, g[:, 2], wh).numpy()
+def label_image(record: dict, width: int, height: int, points_68: np.ndarray, points_5: np.ndarray,
+                kind: str = "wider") -> dict:
+    """Labels of one annotation record's kept faces, as the original's label creation makes them
+    (:mod:`img2pose_core.labels`): ``boxes`` (training boxes: the 68 reference points projected with the
+    pose, or the integer box of a face without pose), ``ann_boxes`` (integer boxes), ``landmarks`` (each
+    face's points, flattened), ``local_pose`` / ``global_pose`` (-9 for a face without pose), ``has_pose``.
+    ``kind`` ``"300wlp"``: rotation from the record's ``pose_para`` (one row per face), as fine-tuning."""
+    from img2pose_core import labels as L
+
+    boxes = np.asarray([b[:4] for b in record.get("bboxes") or []], dtype=np.float64).reshape(-1, 4)
+    lms = _face_landmarks(record, len(boxes))
+    if kind == "300wlp":
+        para = np.asarray(record["pose_para"], dtype=np.float64).reshape(len(boxes), -1)
+        fl = L.face_labels_300wlp(boxes, lms, para, width, height, points_68)
+    else:
+        fl = L.face_labels(boxes, lms, width, height, points_68, points_5)
+    keep = np.nonzero(fl.kept)[0]
+    train_boxes = fl.boxes.astype(np.float64)
+    if fl.has_pose.any():  # the original's loader recomputes the target box from the pose, for both kinds
+        train_boxes[fl.has_pose] = L.projected_boxes(fl.pose_global[fl.has_pose], points_68, width, height)
     return {
-        "boxes": train_boxes, "ann_boxes": boxes, "landmarks": lms.reshape(n, -1), "local_pose": local,
-        "global_pose": global_, "has_pose": has_pose, "pnp_rms": rms,
+        "boxes": train_boxes[keep], "ann_boxes": fl.boxes[keep], "landmarks": [lms[i].reshape(-1) for i in keep],
+        "local_pose": fl.pose_local[keep], "global_pose": fl.pose_global[keep], "has_pose": fl.has_pose[keep],
     }
 
 
@@ -123,31 +132,32 @@ def _write_shard(rows: list[dict], uri: str) -> None:
 
 
 def prepare_split(list_uri: str, out_uri: str, points_68: np.ndarray, points_5: np.ndarray, rows_per_shard: int = 1000,
-                  limit: int | None = None) -> dict:
+                  limit: int | None = None, kind: str = "wider") -> dict:
     """Label and write one split; returns its counts and the local poses of its posed faces."""
     import fsspec
     from PIL import Image
 
-    rows, shard, counts = [], 0, {"images": 0, "written": 0, "skipped_no_pose": 0, "faces": 0, "posed_faces": 0}
-    poses, rms_all = [], []
+    rows, shard, counts = [], 0, {"images": 0, "written": 0, "skipped_no_pose": 0, "faces": 0, "posed_faces": 0,
+                                  "dropped_degenerate_boxes": 0}  # fmt: skip
+    poses = []
     for json_uri, record, image_uri in read_annotation_list(list_uri, limit):
         counts["images"] += 1
         with fsspec.open(image_uri, "rb") as f:
             data = f.read()
         with Image.open(io.BytesIO(data)) as im:
             width, height = im.size
-        labels = label_image(record, width, height, points_68, points_5)
-        if not labels["has_pose"].any():
+        labels = label_image(record, width, height, points_68, points_5, kind)
+        counts["dropped_degenerate_boxes"] += len(record.get("bboxes") or []) - len(labels["has_pose"])
+        if not labels["has_pose"].any():  # the original writes no record for it either
             counts["skipped_no_pose"] += 1
             continue
         counts["written"] += 1
         counts["faces"] += len(labels["boxes"])
         counts["posed_faces"] += int(labels["has_pose"].sum())
         poses.append(labels["local_pose"][labels["has_pose"]])
-        rms_all.append(labels["pnp_rms"][labels["has_pose"]])
         rows.append({
             "image_id": image_uri, "image": data, "width": width, "height": height,
-            **{k: v.tolist() for k, v in labels.items() if k != "pnp_rms"},
+            **{k: (v.tolist() if isinstance(v, np.ndarray) else [x.tolist() for x in v]) for k, v in labels.items()},
         })
         if len(rows) >= rows_per_shard:
             _write_shard(rows, f"{out_uri.rstrip('/')}/part-{shard:05d}.parquet")
@@ -156,8 +166,6 @@ def prepare_split(list_uri: str, out_uri: str, points_68: np.ndarray, points_5: 
         _write_shard(rows, f"{out_uri.rstrip('/')}/part-{shard:05d}.parquet")
         shard += 1
     counts["shards"] = shard
-    rms = np.concatenate(rms_all) if rms_all else np.zeros(0)
-    counts["pnp_rms_px_mean"] = float(rms.mean()) if len(rms) else None
     return {"counts": counts, "poses": np.concatenate(poses) if poses else np.zeros((0, 6))}
 
 
@@ -184,16 +192,18 @@ def main(argv: list[str] | None = None) -> int:
     p68, p5 = _reference_points(args)
     out = args.output.rstrip("/")
     stats = {}
-    train = prepare_split(args.train_list, f"{out}/train", p68, p5, args.rows_per_shard, args.limit)
+    train = prepare_split(args.train_list, f"{out}/train", p68, p5, args.rows_per_shard, args.limit, args.format)
     stats["train"] = train["counts"]
     if len(train["poses"]) == 0:
         raise SystemExit("prepare_dataset.py: no face with a pose in the training list")
-    mean = train["poses"].mean(0).astype(np.float32)
-    std = train["poses"].std(0).astype(np.float32)
+    from img2pose_core.labels import pose_statistics
+
+    mean, std = pose_statistics(train["poses"])  # float64, population std, box-frame poses: as the original
     _save_npy(mean, f"{out}/pose_mean.npy")
     _save_npy(std, f"{out}/pose_stddev.npy")
     if args.val_list:
-        stats["val"] = prepare_split(args.val_list, f"{out}/val", p68, p5, args.rows_per_shard, args.limit)["counts"]
+        stats["val"] = prepare_split(args.val_list, f"{out}/val", p68, p5, args.rows_per_shard, args.limit,
+                                     args.format)["counts"]  # fmt: skip
     stats["pose_mean"], stats["pose_stddev"] = mean.tolist(), std.tolist()
     with _open_write(f"{out}/stats.json", "w") as f:
         json.dump(stats, f, indent=2)

@@ -33,6 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="storage for checkpoints (local folder or s3://...)")
     p.add_argument("--name", default="img2pose", help="run name (a folder under --output)")
     p.add_argument("--init-bundle", default=None, help="start from this bundle's weights (fine-tuning); default random init")
+    p.add_argument(
+        "--backbone-weights", default="imagenet", metavar="imagenet|none|PATH",
+        help="initial ResNet-18 weights when not fine-tuning: torchvision's ImageNet weights (downloaded once; "
+        "$IMG2POSE_IMAGENET_URL for a mirror), none (random), or a local torchvision ResNet-18 state dict",
+    )  # fmt: skip
+    p.add_argument("--trainable-layers", type=int, default=3, choices=range(6), metavar="0-5",
+                   help="ResNet stages trained, counted from layer4 (the original: 3; batch norm stays frozen)")
     p.add_argument("--points-bundle", default=None, help="bundle giving the 3D reference points (default: --init-bundle)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL)")
@@ -47,9 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-sizes", default="640,672,704,736,768,800", help="random short side per step")
     p.add_argument("--max-size", type=int, default=1400)
     p.add_argument("--val-min-size", type=int, default=None, help="short side for validation (default: the largest --min-sizes)")
-    p.add_argument("--no-flip", action="store_true")
+    p.add_argument("--no-flip", action="store_true", help="no horizontal flips (the original flips half the images)")
+    p.add_argument("--no-crop", action="store_true", help="no random crops (the original crops: scale 0.7-1, top edge kept)")
+    p.add_argument(
+        "--flip-pose", choices=["refit", "mirror"], default="refit",
+        help="pose of a flipped face: refit by EPnP from the mirrored landmarks (the original), or the stored pose "
+        "mirrored analytically (exact; then no crop)",
+    )  # fmt: skip
     p.add_argument("--rois-per-image", type=int, default=512)
-    p.add_argument("--rpn-train-top-n", type=int, default=2000)
+    p.add_argument("--rpn-train-top-n", type=int, default=2000, help="RPN proposals kept after NMS in training (the original: 2000)")
+    p.add_argument("--rpn-train-pre-nms-top-n", type=int, default=6000, help="RPN proposals per level before NMS in training (the original: 6000)")
     p.add_argument("--plateau-patience", type=int, default=3)
     p.add_argument("--early-stop-patience", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
@@ -57,24 +71,74 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --- Worker side -----------------------------------------------------------------------------------
-def _rows_to_batch(rows: list[dict], flip: bool, rng):
+class _Draws:
+    """numpy's generator behind Python's ``random`` API, as :func:`img2pose_core.augmentation.random_crop` draws."""
+
+    def __init__(self, rng) -> None:
+        self.rng = rng
+
+    def uniform(self, a: float, b: float) -> float:
+        return float(self.rng.uniform(a, b))
+
+    def randint(self, a: int, b: int) -> int:
+        return int(self.rng.integers(a, b + 1))
+
+
+def _rows_to_batch(rows: list[dict], flip: bool, rng, crop: bool = False, points=None, flip_pose: str = "refit"):
+    """Images and targets of prepared rows, as the original's loaders make them.
+
+    Without augmentation the stored labels are the targets. With ``flip`` (half the images) and ``crop``
+    (:mod:`img2pose_core.augmentation`, flip first) the boxes and landmarks move with the pixels and
+    every pose is fitted again from the moved landmarks (``points``: the 68 and 5 reference points), as
+    the original's augmenting loader does (for every image, flipped or not); ``flip_pose="mirror"``
+    instead mirrors the stored pose analytically (exact, an option; crop then is not applied). A face
+    without a pose is blacked out and is no target.
+    """
     import numpy as np
     import torch
     from PIL import Image
 
+    from img2pose_core import augmentation as A
+    from img2pose_core import labels as L
     from img2pose_core.training import flip_targets
 
     images, targets = [], []
     for r in rows:
         with Image.open(io.BytesIO(r["image"])) as im:
-            arr = np.asarray(im.convert("RGB"))
-        img = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+            arr = np.array(im.convert("RGB"))
+        has_pose = np.asarray(list(r["has_pose"]), dtype=bool).reshape(-1)
+        ann = np.asarray(list(r["ann_boxes"]), dtype=np.int64).reshape(-1, 4)
+        train_boxes = np.asarray(list(r["boxes"]), dtype=np.float32).reshape(-1, 4)
+        dofs = np.asarray(list(r["global_pose"]), dtype=np.float32).reshape(-1, 6)
+        flipped = bool(flip and rng.integers(0, 2))
+        mirror = flipped and flip_pose == "mirror"
+        # The original's augmenting loader fits every pose again, flipped or not.
+        if (flip or crop) and flip_pose == "refit":
+            lms = [np.asarray(list(l), dtype=np.float64).reshape(-1, 2) for l in r["landmarks"]]
+            if flipped:
+                arr = A.flip_image(arr)
+                ann, lms = A.flip_faces(arr.shape[1], ann, lms)
+            if crop:
+                cut = A.random_crop(arr.shape[1], arr.shape[0], ann, lms, _Draws(rng))
+                arr, ann, lms = A.crop_image(arr, cut.crop), cut.boxes, cut.landmarks
+            h, w = arr.shape[:2]
+            fl = L.face_labels(ann, lms, w, h, points[0], points[1])
+            ann, has_pose = fl.boxes, fl.has_pose
+            dofs = fl.pose_global.astype(np.float32)
+            train_boxes = np.zeros((len(ann), 4), dtype=np.float32)
+            if has_pose.any():
+                train_boxes[has_pose] = L.projected_boxes(fl.pose_global[has_pose], points[0], w, h)
+        # A face without a pose is no example at all, neither face nor background: its integer box is
+        # blacked out (clipped to the image) and it gets no target.
+        for x1, y1, x2, y2 in ann[~has_pose]:
+            arr[max(y1, 0) : max(y2, 0), max(x1, 0) : max(x2, 0)] = 0
+        img = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div_(255.0)
         t = {
-            "boxes": torch.as_tensor(np.asarray(list(r["boxes"]), dtype=np.float32)).reshape(-1, 4),
-            "dofs": torch.as_tensor(np.asarray(list(r["global_pose"]), dtype=np.float64)).reshape(-1, 6),
-            "has_pose": torch.as_tensor(np.asarray(list(r["has_pose"]), dtype=bool)).reshape(-1),
+            "boxes": torch.as_tensor(train_boxes[has_pose]),
+            "dofs": torch.as_tensor(dofs[has_pose]).double(),
+            "has_pose": torch.ones(int(has_pose.sum()), dtype=torch.bool),
         }
-        if flip and rng.random() < 0.5:
+        if mirror:
             img, t = flip_targets(img, t)
         images.append(img)
         targets.append(t)
@@ -113,7 +177,7 @@ def train_loop(cfg: dict) -> None:
 
     from img2pose_core.checkpoint import load_weights, read_state_dict
     from img2pose_core.model import Img2Pose, ModelSettings
-    from img2pose_core.training import TrainingForward, TrainSettings
+    from img2pose_core.training import TrainingForward, TrainSettings, init_backbone
 
     torch.manual_seed(cfg["seed"])
     ctx = ray.train.get_context()
@@ -129,14 +193,25 @@ def train_loop(cfg: dict) -> None:
                      ModelSettings(min_size=min_sizes[-1], max_size=cfg["max_size"]))
     if cfg.get("init_weights"):
         load_weights(model, read_state_dict(cfg["init_weights"]), cfg["init_weights"])
-    model.rpn._pre_nms_top_n["training"] = cfg["rpn_train_top_n"]
+    # From scratch: the ImageNet ResNet-18 (fetched by the driver); always: only the last
+    # `trainable_layers` of the ResNet train, batch norm frozen, as the original.
+    init_backbone(model, None if cfg.get("init_weights") else cfg.get("backbone_weights"), cfg.get("trainable_layers", 3))
+    # The original's training RPN: anchors with IoU >= 0.5 are faces, < 0.3 background (torchvision's
+    # defaults are 0.7 / 0.3), 6000 proposals per level before NMS and 2000 after.
+    from torchvision.models.detection import _utils as det_utils
+
+    model.rpn.proposal_matcher = det_utils.Matcher(0.5, 0.3, allow_low_quality_matches=True)
+    model.rpn._pre_nms_top_n["training"] = cfg.get("rpn_train_pre_nms_top_n", 6000)
     model.rpn._post_nms_top_n["training"] = cfg["rpn_train_top_n"]
     forward = TrainingForward(model, torch.from_numpy(p5), TrainSettings(batch_size_per_image=cfg["rois_per_image"]))
     forward = ray.train.torch.prepare_model(forward, parallel_strategy_kwargs={"find_unused_parameters": True}) \
         if ctx.get_world_size() > 1 else forward.to(ray.train.torch.get_device())
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.1, patience=cfg["plateau_patience"])
+    # The original's schedule: x0.1 after `patience` epochs without a relative improvement of 1e-3,
+    # one epoch of cooldown, never below 1e-5.
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.1, patience=cfg["plateau_patience"],
+                                                       threshold=1e-3, cooldown=1, min_lr=1e-5)  # fmt: skip
     state = {"epoch": 0, "step": 0, "best_val": float("inf"), "bad_epochs": 0}
 
     ckpt = ray.train.get_checkpoint()
@@ -165,7 +240,8 @@ def train_loop(cfg: dict) -> None:
         model.transform.min_size = min_sizes  # GeneralizedRCNNTransform picks one at random in training
         totals, n = {}, 0
         for rows in train_ds.iter_batches(batch_size=cfg["batch_size"], batch_format="pandas"):
-            images, targets = _rows_to_batch(rows.to_dict("records"), cfg["flip"], rng)
+            images, targets = _rows_to_batch(rows.to_dict("records"), cfg["flip"], rng, crop=cfg["crop"],
+                                             points=(p68, p5), flip_pose=cfg["flip_pose"])  # fmt: skip
             images = [i.to(device) for i in images]
             targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
             losses = forward(images, targets)
@@ -281,12 +357,29 @@ def main(argv: list[str] | None = None) -> int:
         fs, path = fsspec.core.url_to_fs(resume)
         fs.get(path, str(work / "resume"), recursive=True)
         resume = str(work / "resume")
+    backbone = None
+    if not init_weights and args.backbone_weights != "none":
+        # Fetched or checked here, before any worker starts: offline, the error says what to pass.
+        import torch
+
+        from img2pose_core.training import BackboneWeightsError, imagenet_resnet18_state_dict
+
+        try:
+            state = imagenet_resnet18_state_dict() if args.backbone_weights == "imagenet" else \
+                torch.load(args.backbone_weights, map_location="cpu", weights_only=True)
+        except BackboneWeightsError as exc:
+            raise SystemExit(f"train.py: error: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - a missing or unreadable file
+            raise SystemExit(f"train.py: error: --backbone-weights {args.backbone_weights}: cannot be read ({exc})") from None
+        backbone = str(work / "backbone_resnet18.pth")
+        torch.save(state, backbone)
     cfg = {
-        "arrays": arrays, "init_weights": init_weights, "name": args.name, "seed": args.seed,
+        "arrays": arrays, "init_weights": init_weights, "backbone_weights": backbone,
+        "trainable_layers": args.trainable_layers, "name": args.name, "seed": args.seed,
         "min_sizes": min_sizes, "max_size": args.max_size, "val_min_size": args.val_min_size or max(min_sizes),
         "batch_size": args.batch_size, "lr": args.lr, "momentum": args.momentum, "weight_decay": args.weight_decay,
-        "clip": args.clip, "flip": not args.no_flip, "rois_per_image": args.rois_per_image,
-        "rpn_train_top_n": args.rpn_train_top_n, "plateau_patience": args.plateau_patience,
+        "clip": args.clip, "flip": not args.no_flip, "crop": not args.no_crop, "flip_pose": args.flip_pose, "rois_per_image": args.rois_per_image,
+        "rpn_train_top_n": args.rpn_train_top_n, "rpn_train_pre_nms_top_n": args.rpn_train_pre_nms_top_n, "plateau_patience": args.plateau_patience,
         "early_stop_patience": args.early_stop_patience, "epochs": args.epochs, "max_steps": args.max_steps,
         "resume_from": resume,
     }

@@ -9,6 +9,7 @@ import pytest
 
 from img2pose_core import evaluation as ev
 from img2pose_core import synthetic
+from conftest import needs_golden
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +106,10 @@ def test_wider_ap_on_ground_truth_and_known_case(tmp_path, refs):
 
 def test_box_vote_and_report(tmp_path):
     b, s = ev.box_vote([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], [0.9, 0.3, 0.8])
-    assert len(b) == 2 and s.tolist() == [0.9, 0.8]
-    np.testing.assert_allclose(b[0], [0.25, 0.25, 10.25, 10.25])
+    overlap = 100 / 142  # +1 convention: 11 x 11 boxes sharing 10 x 10
+    weight = 0.3 / 0.9 * overlap
+    assert len(b) == 2 and s == pytest.approx([0.9 + 0.3 * weight, 0.8])
+    np.testing.assert_allclose(b[0], np.array([0, 0, 10, 10]) + weight / (1 + weight))
     js, md = ev.write_report({"aflw2000": {"yaw": 1.0, "pitch": 2.0, "roll": 3.0, "mae": 2.0}, "settings": {}}, tmp_path / "r.json")
     assert json.loads(js.read_text())["aflw2000"]["mae"] == 2.0 and "| 1.000 | 2.000 | 3.000 | 2.000 |" in md.read_text()
 
@@ -121,3 +124,17 @@ def test_evaluate_job_runs(tmp_path, refs, golden_bundle):
     report = json.loads(out.read_text())
     assert report["aflw2000"]["images"] == 2 and report["settings"]["rpn_post_nms_top_n"] == 10
     assert out.with_suffix(".md").is_file()
+
+
+@needs_golden
+def test_box_vote_reproduces_the_original_voting(golden_dir):
+    """wider_vote.npz: 60 detection sets (empty, lone, exactly-at-threshold and inverted boxes among them)."""
+    z = np.load(golden_dir / "wider_vote.npz")
+    for i in range(60):
+        given = z["boxes_in"][z["in_offsets"][i] : z["in_offsets"][i + 1]]
+        want = z["boxes_out"][z["out_offsets"][i] : z["out_offsets"][i + 1]]
+        boxes, scores = ev.box_vote(given[:, :4], given[:, 4], iou=float(z["iou_thresh"][i]))
+        assert boxes.shape == (len(want), 4), i
+        np.testing.assert_allclose(boxes, want[:, :4], atol=1e-5, rtol=0, err_msg=f"set {i}")
+        np.testing.assert_allclose(scores, want[:, 4], atol=1e-5, rtol=0, err_msg=f"set {i}")
+    assert ev.box_vote(np.zeros((0, 4)), np.zeros(0))[0].shape == (0, 4)
