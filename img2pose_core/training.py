@@ -381,8 +381,8 @@ class TrainingForward(nn.Module):
     ``loss_classifier`` (cross-entropy of the sampled RoIs), ``loss_dof_reg`` and ``loss_points`` (pose
     losses of positive RoIs matched to a face with a pose). Targets per image: ``boxes`` (K, 4) in the
     input image's pixels, ``dofs`` (K, 6) global poses in the input image's camera, ``has_pose`` (K,).
-    The losses are computed whatever the model's mode: in eval mode (validation) batch norm of the pose
-    head uses its running statistics and the RPN its test-time top-n.
+    The losses are computed whatever the model's mode (the original validates in train mode; in eval mode
+    the pose head's batch norm uses its running statistics and the RPN its test-time top-n).
     """
 
     def __init__(self, model: nn.Module, points_5: Tensor, settings: TrainSettings | None = None) -> None:
@@ -407,6 +407,28 @@ class TrainingForward(nn.Module):
         regression_targets = rpn.box_coder.encode(matched, anchors)
         loss_obj, loss_box = rpn.compute_loss(objectness, deltas, labels, regression_targets)
         return boxes, {"loss_objectness": loss_obj, "loss_rpn_box_reg": loss_box}
+
+    def _pose_of_positives(self, pooled: Tensor) -> Tensor:
+        """Class-1 normalised poses of the positive RoIs' pooled features.
+
+        As the original, the pose branch runs on the positive RoIs only, so in training its batch norm takes
+        their statistics. The original fails on a batch with a single positive (BatchNorm1d cannot take the
+        statistics of one row): that row is run with the running statistics instead.
+        """
+        heads = self.model.roi_heads
+        if len(pooled) == 0:
+            return pooled.new_zeros((0, 6))
+        norms = [m for m in heads.box_predictor.modules() if isinstance(m, nn.BatchNorm1d) and m.training]
+        single = len(pooled) == 1
+        if single:
+            for m in norms:
+                m.eval()
+        try:
+            return heads.box_predictor(heads.box_head(pooled)).reshape(-1, 2, 6)[:, 1]
+        finally:
+            if single:
+                for m in norms:
+                    m.train()
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         model = self.model
@@ -449,10 +471,8 @@ class TrainingForward(nn.Module):
         class_logits = heads.class_predictor(heads.class_head(pooled))
         labels_all = torch.cat(labels)
         losses["loss_classifier"] = F.cross_entropy(class_logits, labels_all)
-        # The pose branch runs over every sampled RoI (as the original), so its batch norm never sees one row.
-        dof_pred = heads.box_predictor(heads.box_head(pooled)).reshape(-1, 2, 6)
         positive = (labels_all > 0) & torch.cat(gt_has)
-        pred = dof_pred[positive, 1]
+        pred = self._pose_of_positives(pooled[positive])
         losses.update(pose_losses(
             pred, torch.cat(gt_dofs)[positive], torch.cat(sampled)[positive].detach(), torch.cat(img_hw)[positive],
             heads.pose_mean, heads.pose_stddev, self.points_5,

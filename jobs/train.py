@@ -3,8 +3,9 @@
     python jobs/train.py --data s3://bucket/wider/ --output s3://bucket/runs/ --name wider-v1 \
         --init-bundle BUNDLE_OR_NONE --workers 8 --gpu
 
-Every epoch: training over ``DATA/train`` (2 images per worker, random min size, horizontal flips), then the
-validation loss over ``DATA/val`` with the model in eval mode; reduce-on-plateau (factor 0.1, patience 3) and
+Every epoch: training over ``DATA/train`` (2 images per worker, random min size, flips and crops), then the
+validation loss over ``DATA/val`` with the model in train mode as the original (``--val-mode eval``: eval
+mode); reduce-on-plateau (factor 0.1, patience 3) and
 early stopping (patience 5) on it. Each checkpoint is a model bundle (``img2pose.pth`` in the released layout
 ``{"fpn_model": state_dict with "module."}``, the pose statistics of ``DATA``, the reference points,
 ``bundle.json``) plus ``train_state.pt`` (optimizer, scheduler, epoch, step): ``jobs/annotate.py --bundle
@@ -53,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", type=float, default=10.0)
     p.add_argument("--min-sizes", default="640,672,704,736,768,800", help="random short side per step")
     p.add_argument("--max-size", type=int, default=1400)
+    p.add_argument("--val-mode", choices=["train", "eval"], default="train",
+                   help="validation loss with the model in train mode (the original) or eval mode (steadier; --val-min-size)")
     p.add_argument("--val-min-size", type=int, default=None, help="short side for validation (default: the largest --min-sizes)")
     p.add_argument("--no-flip", action="store_true", help="no horizontal flips (the original flips half the images)")
     p.add_argument("--no-crop", action="store_true", help="no random crops (the original crops: scale 0.7-1, top edge kept)")
@@ -259,9 +262,14 @@ def train_loop(cfg: dict) -> None:
                               **{k: float(v.detach()) for k, v in losses.items()}})
             if max_steps and state["step"] >= max_steps:
                 break
-        # Validation loss, model in eval mode (frozen pose-head batch norm statistics).
-        model.eval()
-        model.transform.min_size = (cfg["val_min_size"],)
+        if cfg.get("val_mode", "train") == "train":
+            # As the original: the validation loss in train mode (random min size, the training RPN
+            # top-n, the pose head's batch norm on batch statistics, which validation also updates).
+            model.train()
+            model.transform.min_size = min_sizes
+        else:  # --val-mode eval: frozen statistics, the largest min size
+            model.eval()
+            model.transform.min_size = (cfg["val_min_size"],)
         vtot, vn = 0.0, 0
         with torch.no_grad():
             if val_ds is not None:
@@ -381,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         "clip": args.clip, "flip": not args.no_flip, "crop": not args.no_crop, "flip_pose": args.flip_pose, "rois_per_image": args.rois_per_image,
         "rpn_train_top_n": args.rpn_train_top_n, "rpn_train_pre_nms_top_n": args.rpn_train_pre_nms_top_n, "plateau_patience": args.plateau_patience,
         "early_stop_patience": args.early_stop_patience, "epochs": args.epochs, "max_steps": args.max_steps,
-        "resume_from": resume,
+        "resume_from": resume, "val_mode": args.val_mode,
     }
     if resume:
         print(f"train.py: resuming from {resume}", file=sys.stderr)

@@ -161,7 +161,8 @@ def test_train_lowers_loss_resumes_and_checkpoint_is_a_bundle(tmp_path, refs, go
                                  "--points-68", str(tmp_path / "p68.npy"), "--points-5", str(tmp_path / "p5.npy")]) == 0
     common = [str(root / "jobs" / "train.py"), "--data", str(tmp_path / "data"), "--output", str(tmp_path / "runs"),
               "--name", "t", "--init-bundle", str(golden_bundle), "--min-sizes", "128", "--max-size", "160",
-              "--rois-per-image", "64", "--rpn-train-top-n", "200", "--no-flip", "--lr", "2e-3"]
+              "--rois-per-image", "64", "--rpn-train-top-n", "200", "--no-flip", "--lr", "2e-3",
+              "--val-mode", "eval"]  # the steadier measure: the original's train-mode validation is noisy at 4 steps
     _run([*common, "--epochs", "1"], tmp_path)
 
     def progress():
@@ -192,3 +193,25 @@ def test_train_lowers_loss_resumes_and_checkpoint_is_a_bundle(tmp_path, refs, go
     _run([str(root / "jobs" / "annotate.py"), "--input", str(images), "--output", str(tmp_path / "ann_out"),
           "--bundle", str(ckpt / "bundle"), "--min-size", "128", "--max-size", "160", "--threshold", "0.0"], tmp_path)
     assert list((tmp_path / "ann_out" / "images").glob("**/*.parquet"))
+
+
+def test_pose_head_batch_norm_sees_only_the_positive_rois(refs):
+    """As the original: the pose branch runs on the positive RoIs only; one positive does not fail."""
+    import torch
+
+    from img2pose_core.model import Img2Pose
+    from img2pose_core.training import TrainingForward
+
+    p68, p5 = refs
+    model = Img2Pose(torch.zeros(6), torch.ones(6), torch.as_tensor(p68, dtype=torch.float32)).train()
+    forward = TrainingForward(model, torch.as_tensor(p5))
+    norm = model.roi_heads.box_predictor.dof_pred[1]
+    seen = []
+    norm.register_forward_hook(lambda m, inputs, out: seen.append((inputs[0].shape[0], m.training)))
+    pooled = torch.randn(5, 256, 7, 7)
+    assert forward._pose_of_positives(pooled).shape == (5, 6) and seen[-1] == (5, True)
+    before = norm.running_mean.clone()
+    one = forward._pose_of_positives(pooled[:1])  # the original raises here
+    assert one.shape == (1, 6) and seen[-1] == (1, False) and norm.training
+    assert torch.equal(norm.running_mean, before)  # the single row used the running statistics, unchanged
+    assert forward._pose_of_positives(pooled[:0]).shape == (0, 6) and len(seen) == 2
