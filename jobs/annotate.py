@@ -44,34 +44,25 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
+def _finite_number(unit: str, zero_allowed: bool = False):
+    """An argparse type: a finite number of ``unit``, positive (or 0 where allowed); NaN and infinity refused."""
+    expected = f"0 or a positive number of {unit}" if zero_allowed else f"a positive number of {unit}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number of {unit}, got {text!r}") from None
+        if not (value >= 0 if zero_allowed else value > 0) or value == float("inf"):  # NaN fails both tests
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected 0 or a positive number of seconds, got {text!r}")
-    return value
-
-
-def _cpus(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of CPUs, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number of CPUs, got {text!r}")
-    return value
+_positive_float = _finite_number("seconds")
+_non_negative_float = _finite_number("seconds", zero_allowed=True)
+_cpus = _finite_number("CPUs")
 
 
 def _column_names(text: str) -> list[str]:

@@ -53,6 +53,7 @@ class ActorPlan:
     load_in: str  # "actor": each actor reads and decodes its sources; "tasks": CPU tasks do, before it
     memory_per_actor: int  # bytes, an estimate (CPU actors; checked against the nodes' memory)
     reserve_cpus: float  # CPUs the cluster must keep beside the actors for the other stages
+    batch_size: int  # images per model call
     shuffles: bool = False  # the pipeline has a hash shuffle (de-duplication or --skip-existing)
 
     def describe(self) -> str:
@@ -78,19 +79,21 @@ def plan_actors(
     concurrency: tuple[int, int] | None,
     cpus_per_actor: float | None,
     torch_threads: int | None,
-    batch_size: int,
+    batch_size: int | None,
     min_size: int,
     max_size: int,
     load_in: str = "auto",
     shuffles: bool = False,
 ) -> ActorPlan:
     """The pool for a cluster with ``resources`` (``ray.cluster_resources()``) and the job's flags;
-    ``shuffles``: the pipeline holds a hash shuffle, whose tasks need CPUs beside the actors."""
+    ``batch_size`` None: 16 on GPU, 4 on CPU; ``shuffles``: the pipeline holds a hash shuffle, whose
+    tasks need CPUs beside the actors."""
     cpus = float(resources.get("CPU", 0.0))
     gpus = float(resources.get("GPU", 0.0))
     memory = float(resources.get("memory", 0.0))
     gpa = num_gpus_per_actor if num_gpus_per_actor is not None else (1.0 if gpus >= 1 else 0.0)
     on_gpu = gpa > 0
+    batch_size = batch_size or (16 if on_gpu else 4)
     where = load_in if load_in != "auto" else ("tasks" if on_gpu else "actor")
     reserve = _RESERVE_LOAD_TASKS if where == "tasks" else _RESERVE_LISTING
     if shuffles:
@@ -99,7 +102,7 @@ def plan_actors(
     if on_gpu:
         pool = concurrency or ((max(1, int(gpus / gpa)),) * 2 if gpus else (1, 1))
         return ActorPlan(True, pool, gpa, cpus_per_actor if cpus_per_actor is not None else 1.0, None, where,
-                         per_actor_memory, reserve, shuffles)  # fmt: skip
+                         per_actor_memory, reserve, batch_size, shuffles)  # fmt: skip
     if concurrency:
         pool = concurrency
     else:
@@ -115,7 +118,7 @@ def plan_actors(
             # keep room to run. A pool whose threads exceed the CPUs keeps its full ask, and fails the check.
             room = max(cpus - reserve, 0.0) / pool[1]
             cpus_per_actor = max(0.05, min(cpus_per_actor, math.floor(room * 100) / 100))
-    return ActorPlan(False, pool, 0.0, cpus_per_actor, threads, where, per_actor_memory, reserve, shuffles)
+    return ActorPlan(False, pool, 0.0, cpus_per_actor, threads, where, per_actor_memory, reserve, batch_size, shuffles)
 
 
 def unmet_needs(plan: ActorPlan, nodes: list[dict[str, float]]) -> list[str]:

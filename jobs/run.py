@@ -295,17 +295,15 @@ def run_job(args: argparse.Namespace) -> int:
     resources = ray.cluster_resources()
     settings = bundle.settings
     min_size, max_size = args.min_size or settings.min_size, args.max_size or settings.max_size
-    gpus_now = float(resources.get("GPU", 0))
-    batch_size = args.batch_size or (16 if (args.num_gpus_per_actor or (args.num_gpus_per_actor is None and gpus_now >= 1)) else 4)
     plan = plan_actors(
         resources, num_gpus_per_actor=args.num_gpus_per_actor, concurrency=args.concurrency,
-        cpus_per_actor=args.cpus_per_actor, torch_threads=args.torch_threads, batch_size=batch_size,
+        cpus_per_actor=args.cpus_per_actor, torch_threads=args.torch_threads, batch_size=args.batch_size,
         min_size=min_size, max_size=max_size, load_in=args.load_in,
         shuffles=bool(args.skip_existing) or needs_dedupe(specs),
     )  # fmt: skip
     _wait_for_resources(plan, args.wait_for_resources)
     on_gpu, gpus_per_actor, (pool_min, pool_max) = plan.on_gpu, plan.gpus_per_actor, plan.pool
-    torch_threads = plan.torch_threads
+    torch_threads, batch_size = plan.torch_threads, plan.batch_size
     partitions = args.shuffle_partitions or max(2, int(resources.get("CPU", 1)))
 
     removed, dead_runs = 0, []

@@ -72,6 +72,7 @@ def test_gpu_default_is_one_actor_per_gpu_decoding_in_tasks():
     plan = _plan(node)
     assert (plan.on_gpu, plan.pool, plan.gpus_per_actor, plan.cpus_per_actor, plan.load_in) == (True, (4, 4), 1.0, 1.0, "tasks")
     assert unmet_needs(plan, [node]) == []
+    assert _plan(node, batch_size=None).batch_size == 16 and _plan(NODE_2CPU, batch_size=None).batch_size == 4
     half = _plan(node, num_gpus_per_actor=0.5)
     assert half.pool == (8, 8) and unmet_needs(half, [node]) == []
 
