@@ -78,7 +78,8 @@ def similarity_to_templates(points: Tensor, templates: np.ndarray) -> Tensor:
     d = torch.ones(cov.shape[:-1], dtype=torch.float64, device=src.device)
     d[..., -1] = torch.where(det < 0, -1.0, 1.0)
     rot = u @ torch.diag_embed(d) @ vt
-    src_var = src_centred.var(dim=-2, unbiased=False).sum(dim=-1)  # (N,)
+    # The population variance written out: torch's var() warns on an empty batch (no faces).
+    src_var = src_centred.square().mean(dim=-2).sum(dim=-1)  # (N,)
     scale = (s * d).sum(dim=-1) / src_var[:, None]
     lin = scale[..., None, None] * rot
     trans = dst_mean[None] - scale[..., None] * (rot @ src_mean[:, None, :, None])[..., 0]

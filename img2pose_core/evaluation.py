@@ -2,16 +2,28 @@
 
 The evaluators work on plain arrays so that they can be checked without a model: predictions are
 :class:`Faces` per image (boxes x1 y1 x2 y2, scores, global poses), ground truth is read from files in
-the published layouts (AFLW2000-3D's per-image ``.mat`` or an equivalent ``.json``; the preprocessed BIWI
-list; WIDER FACE's ``wider_face_val_bbx_gt.txt`` and its easy/medium/hard lists).
+the published layouts (AFLW2000-3D's per-image ``.mat`` or an equivalent ``.json``; BIWI's frame list
+and per-frame ``_pose.txt``, or the JSON :func:`write_biwi_json` makes of them; WIDER FACE's ``wider_face_val_bbx_gt.txt`` and its easy/medium/hard lists).
 
-Protocols (the authors' evaluation):
+Protocols (the authors' evaluation notebooks, reproduced step by step):
 
 - AFLW2000-3D: ground-truth angles are ``Pose_Para[:3]`` (pitch, yaw, roll, radians) in degrees; faces
-  with any angle beyond 99° are skipped; the prediction matched to a face is the one whose box has the
-  highest IoU with the box of the 68 ground-truth points (their extent); predicted angles come from
-  :func:`geometry.rotvec_to_yaw_pitch_roll`; errors are absolute differences, MAE their mean over the three.
-- BIWI: the face whose box centre is closest to the image centre, among those above the threshold.
+  with any of them beyond 99° are skipped. The ground-truth pose is OpenCV's EPnP of the 68 reference
+  points to the 68 annotated points (x, y of ``pt3d_68``) with the image camera; its translation is the
+  target of the translation error, and its rotation vector's z picks the forehead side of the target box:
+  img2pose's box of the 68 points (extent x 1.1, forehead + 0.3, limited to the image). Among the
+  predictions scoring above the threshold (0) the one with the highest IoU with that box (+1 pixel
+  convention, the first on ties) is evaluated; where none overlaps it, the original keeps the last one
+  above the threshold, and so does this. Predicted angles: :func:`geometry.rotvec_to_yaw_pitch_roll`
+  (the notebook's ``convert_to_aflw``). Errors are absolute differences; MAE is the mean of the three
+  angle errors; the translation MAE the mean of the three translation errors. An image fails only when
+  the model returns no box.
+- BIWI: the frame list names ``*_rgb.png`` frames; each frame's ground truth is the rotation matrix in
+  the first three lines of its ``*_pose.txt``. Angles on both sides are SciPy's extrinsic ``"zxy"`` Euler
+  angles (degrees) of the rotation: (roll, pitch, yaw). Among the predictions scoring above 0.9 the one
+  whose box centre (``x1 + (x2 - x1) // 2``) is nearest the image centre (``(w // 2, h // 2)``) is
+  evaluated; where none scores above 0.9, the top-scoring box. A frame fails only when the model returns
+  no box.
 - WIDER FACE: per image, predictions by descending score are matched to the ground truth with the highest
   IoU (≥ 0.5, boxes with the official +1 pixel convention); a match to a face outside the setting's list is
   ignored; precision/recall at 1000 thresholds of the min-max normalised scores; VOC AP (all points).
@@ -34,9 +46,15 @@ __all__ = [
     "iou_matrix",
     "load_aflw2000",
     "load_biwi",
+    "read_biwi_pose",
+    "biwi_frames",
+    "write_biwi_json",
+    "biwi_angles",
     "load_wider_gt",
     "evaluate_aflw2000",
     "evaluate_biwi",
+    "aflw2000_pick",
+    "biwi_pick",
     "evaluate_wider",
     "wider_ap",
     "box_vote",
@@ -90,39 +108,135 @@ def _read_mat_or_json(path: Path) -> dict:
     return {k: np.asarray(v).tolist() for k, v in mat.items() if not k.startswith("__")}
 
 
-def load_aflw2000(folder: str | Path) -> list[dict]:
-    """Records ``{"image", "ypr" (degrees), "box", "dofs" or None}`` of an AFLW2000-3D folder
-    (``imageNNNNN.jpg`` beside ``imageNNNNN.mat`` or ``.json``)."""
-    folder = Path(folder)
+def _image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as im:  # the header only: the size is all the protocol needs here
+        return im.size
+
+
+def _aflw_label_files(source: Path) -> list[Path]:
+    """Label files of an AFLW2000-3D folder, or of a list file naming its images (the notebook's
+    ``AFLW2000_annotations.txt``: one image path per line, relative to the list)."""
+    if source.is_dir():
+        return sorted(list(source.glob("*.mat")) + list(source.glob("*.json")))
+    labels = []
+    for line in source.read_text().splitlines():
+        if not line.strip():
+            continue
+        image = Path(line.split()[0])
+        image = image if image.is_absolute() else source.parent / image
+        label = next((image.with_suffix(s) for s in (".mat", ".json") if image.with_suffix(s).is_file()), None)
+        if label is None:
+            raise FileNotFoundError(f"{image}: no .mat or .json beside it (listed in {source})")
+        labels.append(label)
+    return labels
+
+
+def load_aflw2000(source: str | Path, points_68: np.ndarray) -> list[dict]:
+    """Records of an AFLW2000-3D folder (``imageNNNNN.jpg`` beside ``imageNNNNN.mat`` or ``.json``) or of
+    a list file of its images: ``image``, ``width``, ``height``, ``ypr`` (yaw, pitch, roll in degrees
+    from ``Pose_Para``), ``target`` (the EPnP pose of the 68 annotated points, image camera) and
+    ``box`` (img2pose's box of those points, the box the prediction is matched to)."""
+    from .labels import epnp_image_pose
+
     records = []
-    labels = sorted(list(folder.glob("*.mat")) + list(folder.glob("*.json")))
-    for label in labels:
+    for label in _aflw_label_files(Path(source)):
         image = next((label.with_suffix(s) for s in (".jpg", ".png") if label.with_suffix(s).is_file()), None)
         if image is None:
             continue
         data = _read_mat_or_json(label)
         pose_para = np.asarray(data["Pose_Para"], dtype=np.float64).reshape(-1)
         pitch, yaw, roll = np.degrees(pose_para[:3])
-        pts = np.asarray(data["pt3d_68"], dtype=np.float64).reshape(3, 68)
-        box = np.array([pts[0].min(), pts[1].min(), pts[0].max(), pts[1].max()])
-        dofs = data.get("dofs")
-        records.append({
-            "image": str(image), "ypr": np.array([yaw, pitch, roll]), "box": box,
-            "dofs": None if dofs is None else np.asarray(dofs, dtype=np.float64),
-        })
+        points = np.asarray(data["pt3d_68"], dtype=np.float64).reshape(3, 68).T[:, :2]
+        w, h = _image_size(image)
+        target = epnp_image_pose(points, points_68, w, h)
+        box = geometry.face_box_from_landmarks(
+            torch.from_numpy(points)[None], torch.tensor([target[2]]), torch.tensor([[w, h]])
+        )[0].numpy()
+        records.append({"image": str(image), "width": w, "height": h, "ypr": np.array([yaw, pitch, roll]),
+                        "target": target, "box": box})
     return records
 
 
-def load_biwi(gt_file: str | Path) -> list[dict]:
-    """Records ``{"image", "ypr" (degrees), "dofs" or None}`` from a ``biwi_gt.json`` list (paths relative to it)."""
-    gt_file = Path(gt_file)
+# BIWI: the dataset's own files
+def read_biwi_pose(text: str) -> tuple[np.ndarray, np.ndarray]:
+    """The rotation matrix (first three lines) and head centre (the next numeric line, millimetres) of a
+    BIWI ``frame_NNNNN_pose.txt``."""
+    rows = [line.split() for line in text.splitlines() if line.strip()]
+    try:
+        values = np.asarray([[float(v) for v in r[:3]] for r in rows[:4]], dtype=np.float64)
+    except ValueError as e:
+        raise ValueError(f"not a BIWI pose file: {e}") from None
+    if values.shape != (4, 3) and values.shape != (3, 3):
+        raise ValueError(f"not a BIWI pose file: expected 3 rows of a rotation matrix, got {len(rows)} rows")
+    centre = values[3] if len(values) == 4 else np.full(3, np.nan)
+    return values[:3], centre
+
+
+def _pose_file(frame: Path) -> Path:
+    name = frame.name
+    stem = name[: -len("_rgb.png")] if name.endswith("_rgb.png") else frame.stem
+    return frame.with_name(f"{stem}_pose.txt")
+
+
+def biwi_frames(frame_list: str | Path, root: str | Path | None = None) -> list[dict]:
+    """Records ``{"image", "rotation" (3, 3), "centre_mm" (3,)}`` of a BIWI frame list (one frame path
+    per line, optionally followed by the list's own angles, which the protocol ignores), each read from
+    the frame's ``_pose.txt``. Paths are relative to ``root`` (default: the list's folder)."""
+    frame_list = Path(frame_list)
+    base = Path(root) if root is not None else frame_list.parent
     out = []
-    for e in json.loads(gt_file.read_text()):
-        out.append({
-            "image": str(gt_file.parent / e["image"]), "ypr": np.asarray(e["pose"], dtype=np.float64),
-            "dofs": None if e.get("dofs") is None else np.asarray(e["dofs"], dtype=np.float64),
-        })
+    for number, line in enumerate(frame_list.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        frame = Path(line.split()[0])
+        frame = frame if frame.is_absolute() else base / frame
+        pose = _pose_file(frame)
+        if not pose.is_file():
+            raise FileNotFoundError(f"{frame_list}:{number}: {pose} not found (each frame needs its _pose.txt)")
+        rotation, centre = read_biwi_pose(pose.read_text())
+        out.append({"image": str(frame), "rotation": rotation, "centre_mm": centre})
     return out
+
+
+def write_biwi_json(records: list[dict], path: str | Path) -> Path:
+    """The evaluator's BIWI input: the frames' records as JSON, image paths relative to the file."""
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entries = [{"image": os.path.relpath(Path(r["image"]).resolve(), path.parent.resolve()),
+                "rotation": np.asarray(r["rotation"]).tolist(),
+                "centre_mm": [None if not np.isfinite(v) else float(v) for v in r["centre_mm"]]}
+               for r in records]  # fmt: skip
+    path.write_text(json.dumps(entries, indent=1))
+    return path
+
+
+def load_biwi(source: str | Path, root: str | Path | None = None) -> list[dict]:
+    """BIWI records from :func:`write_biwi_json`'s file, or straight from a frame list (``.txt``)."""
+    source = Path(source)
+    if source.suffix != ".json":
+        return biwi_frames(source, root)
+    out = []
+    for e in json.loads(source.read_text()):
+        image = Path(e["image"])
+        out.append({"image": str(image if image.is_absolute() else source.parent / image),
+                    "rotation": np.asarray(e["rotation"], dtype=np.float64).reshape(3, 3),
+                    "centre_mm": np.asarray([np.nan if v is None else v for v in e.get("centre_mm", [None] * 3)])})
+    return out
+
+
+def biwi_angles(rotations: np.ndarray) -> np.ndarray:
+    """Extrinsic ``"zxy"`` Euler angles ``(N, 3)`` in degrees of rotation matrices ``(N, 3, 3)``, as the
+    BIWI notebook takes them (SciPy's ``as_euler("zxy")``): R = Ry(c)·Rx(b)·Rz(a) gives (a, b, c), which
+    the notebook reports as roll, pitch and yaw. b lies in [-90°, 90°]."""
+    m = np.asarray(rotations, dtype=np.float64).reshape(-1, 3, 3)
+    b = np.arcsin(np.clip(-m[:, 1, 2], -1.0, 1.0))
+    a = np.arctan2(m[:, 1, 0], m[:, 1, 1])
+    c = np.arctan2(m[:, 0, 2], m[:, 2, 2])
+    return np.degrees(np.stack([a, b, c], axis=1))
 
 
 def load_wider_gt(folder_or_txt: str | Path, settings=("easy", "medium", "hard")) -> tuple[dict, dict]:
@@ -185,8 +299,28 @@ def _summary(errors: np.ndarray, t_errors: list, extra: dict) -> dict:
     return out
 
 
-def evaluate_aflw2000(records: list[dict], predictions: dict[str, Faces], max_angle: float = 99.0) -> dict:
-    """Yaw/pitch/roll errors (degrees), MAE, and translation errors where the ground truth has a pose."""
+def _by_score(pred: Faces) -> Faces:
+    """The model's order (highest score first), which the protocols' tie rules depend on."""
+    order = np.argsort(-pred.scores, kind="stable")
+    poses = None if pred.poses is None else pred.poses[order]
+    return Faces(pred.boxes[order], pred.scores[order], poses, pred.width, pred.height)
+
+
+def aflw2000_pick(pred: Faces, box: np.ndarray, threshold: float = 0.0) -> int | None:
+    """Index (in ``pred``) of the face the AFLW2000-3D protocol evaluates, or None when no face scores
+    above ``threshold``."""
+    above = np.nonzero(pred.scores > threshold)[0]
+    if not len(above):
+        return None
+    overlap = iou_matrix(pred.boxes[above], np.asarray(box)[None], plus_one=True)[:, 0]
+    if overlap.max() > 0:
+        return int(above[int(overlap.argmax())])
+    return int(above[-1])  # the original's loop leaves the last candidate's pose in place
+
+
+def evaluate_aflw2000(records: list[dict], predictions: dict[str, Faces], max_angle: float = 99.0,
+                      threshold: float = 0.0) -> dict:
+    """Yaw/pitch/roll errors (degrees) and MAE, translation errors and their MAE (see the module's text)."""
     errors, t_errors, skipped, missed = [], [], 0, 0
     for rec in records:
         if np.abs(rec["ypr"]).max() > max_angle:
@@ -196,29 +330,41 @@ def evaluate_aflw2000(records: list[dict], predictions: dict[str, Faces], max_an
         if pred is None or len(pred.scores) == 0:
             missed += 1
             continue
-        j = int(iou_matrix(pred.boxes, rec["box"][None])[:, 0].argmax())
+        pred = _by_score(pred)
+        j = aflw2000_pick(pred, rec["box"], threshold)
+        if j is None:  # boxes, none above the threshold: the original reuses a stale pose here
+            missed += 1
+            continue
         errors.append(np.abs(_ypr(pred.poses[j : j + 1])[0] - rec["ypr"]))
-        if rec.get("dofs") is not None:
-            t_errors.append(np.abs(pred.poses[j, 3:] - rec["dofs"][3:]))
+        t_errors.append(np.abs(pred.poses[j, 3:] - rec["target"][3:]))
     return _summary(errors, t_errors, {"images": len(records), "evaluated": len(errors), "skipped": skipped, "missed": missed})
 
 
+def biwi_pick(pred: Faces, threshold: float = 0.9) -> int:
+    """Index (in ``pred``, highest score first) of the face the BIWI protocol evaluates."""
+    above = np.nonzero(pred.scores > threshold)[0]
+    if not len(above):
+        return 0
+    boxes = pred.boxes[above]
+    centres = boxes[:, :2] + (boxes[:, 2:] - boxes[:, :2]) // 2
+    distance = np.hypot(centres[:, 0] - pred.width // 2, centres[:, 1] - pred.height // 2)
+    return int(above[int(distance.argmin())])
+
+
 def evaluate_biwi(records: list[dict], predictions: dict[str, Faces], threshold: float = 0.9) -> dict:
-    """Errors of the face closest to the image centre among those scoring at least ``threshold``."""
-    errors, t_errors, missed = [], [], 0
+    """Yaw/pitch/roll errors (degrees, ``"zxy"`` Euler angles) and MAE (see the module's text)."""
+    errors, missed = [], 0
     for rec in records:
         pred = predictions.get(rec["image"])
-        ok = None if pred is None else pred.scores >= threshold
-        if pred is None or not ok.any():
+        if pred is None or len(pred.scores) == 0:
             missed += 1
             continue
-        boxes, poses = pred.boxes[ok], pred.poses[ok]
-        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
-        j = int(np.linalg.norm(centres - np.array([pred.width / 2, pred.height / 2]), axis=1).argmin())
-        errors.append(np.abs(_ypr(poses[j : j + 1])[0] - rec["ypr"]))
-        if rec.get("dofs") is not None:
-            t_errors.append(np.abs(poses[j, 3:] - rec["dofs"][3:]))
-    return _summary(errors, t_errors, {"images": len(records), "evaluated": len(errors), "missed": missed})
+        pred = _by_score(pred)
+        j = biwi_pick(pred, threshold)
+        predicted = biwi_angles(geometry.rotvec_to_matrix(torch.from_numpy(pred.poses[j : j + 1, :3])).numpy())[0]
+        roll_pitch_yaw = np.abs(predicted - biwi_angles(rec["rotation"])[0])
+        errors.append(roll_pitch_yaw[::-1])
+    return _summary(errors, [], {"images": len(records), "evaluated": len(errors), "missed": missed})
 
 
 # --- WIDER FACE ---------------------------------------------------------------------------------------

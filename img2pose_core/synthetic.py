@@ -15,8 +15,8 @@ Writers put scenes on disk in the formats the rest of the project reads:
 - :func:`write_aflw2000_style`: one face per image, ``imageNNNNN.jpg`` + ``imageNNNNN.json`` holding
   ``pt3d_68`` (3 x 68: x row, y row, z row), ``Pose_Para`` (pitch, yaw, roll in radians, tx, ty, tz,
   scale 1) and ``dofs`` (the global pose), as AFLW2000-3D's ``.mat`` files hold them;
-- :func:`write_biwi_style`: frames and ``biwi_gt.json`` (``[{"image", "pose": [yaw, pitch, roll]
-  (degrees), "dofs"}]``), the layout of the preprocessed BIWI test set;
+- :func:`write_biwi_style`: frames in BIWI's own layout (``NN/frame_NNNNN_rgb.png`` beside
+  ``frame_NNNNN_pose.txt``) and a frame list, as the authors' BIWI evaluation reads them;
 - :func:`write_wider_style`: ``images/<event>/<name>.jpg``, ``wider_face_val_bbx_gt.txt`` in the official
   format and ``wider_{easy,medium,hard}_val.json`` (per image, the 1-based indices of the faces that
   count in that setting, as the official ``gt_list``).
@@ -233,12 +233,14 @@ def write_annotation_dataset(
     unposed_fraction: float = 0.0,
     empty_images: int = 0,
     list_name: str = "annotations.txt",
+    repeat: int = 1,
     **scene_kwargs,
 ) -> Path:
     """Scenes in the authors' annotation format; returns the list file (one JSON path per line).
 
     ``empty_images`` extra images hold only unposed faces (they are skipped by dataset preparation).
-    ``image_path`` in each JSON is relative to the JSON's folder.
+    ``image_path`` in each JSON is relative to the JSON's folder. ``repeat`` lists every image that many
+    times: a set small enough to memorise, the usual check that training can lower the loss at all.
     """
     out = Path(out)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
@@ -262,7 +264,7 @@ def write_annotation_dataset(
         path.write_text(json.dumps(record))
         lines.append(f"annotations/{name}.json")
     list_file = out / list_name
-    list_file.write_text("\n".join(lines) + "\n")
+    list_file.write_text("\n".join(lines * repeat) + "\n")
     return list_file
 
 
@@ -290,18 +292,31 @@ def write_aflw2000_style(
 
 
 def write_biwi_style(out: str | Path, points_68, points_5, n_images: int = 6, seed: int = 0, size=(320, 240)) -> Path:
-    """BIWI-like frames (one head near the centre, sometimes a small face at a side) and ``biwi_gt.json``."""
+    """Frames in BIWI's own layout and its frame list; returns the list (``BIWI_annotations.txt``).
+
+    ``NN/frame_NNNNN_rgb.png`` (one head) beside ``NN/frame_NNNNN_pose.txt``: the head's rotation matrix on three lines,
+    a blank line, and its centre in millimetres, as the dataset writes them. The list names one frame
+    per line followed by three angles, as the authors' list does (the protocol reads the pose files)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    entries = []
+    lines = []
     for i in range(n_images):
-        scene = make_scene(rng, points_68, points_5, size, 1, face_px=(0.35, 0.5), yaw=70, pitch=40, roll=30)
-        name = f"frame_{i:05d}.png"
-        _save(scene.image, out / name)
-        entries.append({"image": name, "pose": scene.yaw_pitch_roll[0].tolist(), "dofs": scene.dofs[0].tolist()})
-    (out / "biwi_gt.json").write_text(json.dumps(entries))
-    return out / "biwi_gt.json"
+        subject = f"{i // 4 + 1:02d}"
+        w, h = _sizes(rng, size)
+        head = make_scene(rng, points_68, points_5, (w, h), 1, face_px=(0.35, 0.45), yaw=70, pitch=40, roll=30)
+        image = head.image
+        frame = out / subject / f"frame_{i + 3:05d}_rgb.png"
+        _save(image, frame)
+        rotation = geometry.rotvec_to_matrix(torch.from_numpy(head.dofs[:1, :3])).numpy()[0]
+        centre_mm = head.dofs[0, 3:] * 1000.0
+        text = "".join(" ".join(f"{v:g}" for v in row) + " \n" for row in rotation)
+        text += "\n" + " ".join(f"{v:g}" for v in centre_mm) + " \n"
+        frame.with_name(f"frame_{i + 3:05d}_pose.txt").write_text(text)
+        y, p, r = head.yaw_pitch_roll[0]
+        lines.append(f"{subject}/{frame.name} {p} {y} {r}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "BIWI_annotations.txt").write_text("\n".join(lines) + "\n")
+    return out / "BIWI_annotations.txt"
 
 
 def write_wider_style(
@@ -331,3 +346,61 @@ def write_wider_style(
     for setting, gt in settings.items():
         (out / f"wider_{setting}_val.json").write_text(json.dumps(gt))
     return out
+
+
+# --- Command line: synthetic datasets for the training and evaluation smoke run -------------------------
+_WRITERS = {"annotations": write_annotation_dataset, "aflw2000": write_aflw2000_style, "biwi": write_biwi_style,
+            "wider": write_wider_style}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m img2pose_core.synthetic KIND OUT --bundle B [--images N] [--size W H] [--seed S]``."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(
+        prog="python -m img2pose_core.synthetic",
+        description="Write a small synthetic dataset with exact pose labels, in the layout the project reads: "
+        "annotations (the authors' training format, for jobs/prepare_dataset.py), aflw2000, biwi or wider "
+        "(for jobs/evaluate.py). Only the bundle's 3D reference points are used.",
+    )
+    p.add_argument("kind", choices=sorted(_WRITERS))
+    p.add_argument("out", help="folder to write")
+    p.add_argument("--bundle", default=None, help="bundle giving the 3D reference points (default: $IMG2POSE_BUNDLE / the official one)")
+    p.add_argument("--images", type=int, default=8, help="number of images")
+    p.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("W", "H"), help="image size in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--faces", type=int, nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="annotations, wider: faces per image (default: 1 3 and 1 5)")
+    p.add_argument("--face-size", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="annotations: face width as a fraction of the short side (default: 0.15 0.5)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="annotations: list every image this many times (a set to memorise: the loss must fall)")
+    args = p.parse_args(argv)
+    if args.images < 1 or min(args.size) < 32 or args.repeat < 1:
+        p.error("--images and --repeat must be at least 1, --size at least 32 32")
+    if args.faces and not 1 <= args.faces[0] <= args.faces[1]:
+        p.error("--faces MIN MAX needs 1 <= MIN <= MAX")
+    if args.face_size and not 0 < args.face_size[0] <= args.face_size[1] <= 1:
+        p.error("--face-size MIN MAX needs 0 < MIN <= MAX <= 1")
+    extra = {}
+    if args.kind in ("annotations", "wider") and args.faces:
+        extra["faces"] = tuple(args.faces)
+    if args.kind == "annotations":
+        extra["repeat"] = args.repeat
+        if args.face_size:
+            extra["face_px"] = tuple(args.face_size)
+    from .bundle import BundleError, resolve_bundle
+
+    try:
+        bundle = resolve_bundle(args.bundle)
+    except BundleError as exc:
+        p.error(str(exc))
+    written = _WRITERS[args.kind](args.out, bundle.points_68, bundle.points_5, n_images=args.images, seed=args.seed,
+                                  size=tuple(args.size), **extra)
+    print(f"synthetic: wrote {args.images} {args.kind} image(s): {written}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -2,6 +2,8 @@
 
     python jobs/prepare_dataset.py --train-list WIDER_train_annotations.txt --val-list WIDER_val_annotations.txt \
         --bundle BUNDLE --output s3://bucket/img2pose/wider/
+    python jobs/prepare_dataset.py --format biwi --frame-list BIWI_annotations.txt --root BIWI/hpdb/ \
+        --output biwi_gt.json
 
 Input: a list file (local or any fsspec URL) naming one JSON per line (paths relative to the list file);
 each JSON holds ``image_path`` (relative to the JSON), ``bboxes`` (x1 y1 x2 y2 per face) and ``landmarks``
@@ -11,6 +13,10 @@ golden ``labels.npz`` / ``labels_300wlp.npz``): integer boxes, faces with a dege
 box-frame pose by OpenCV's EPnP of the landmarks with the box intrinsics (300W-LP: rotation from
 ``pose_para``, translation by EPnP with the image intrinsics), the image-frame pose, and the training
 box: the 68 reference points projected with that pose.
+
+``--format biwi`` converts BIWI's own files for ``jobs/evaluate.py``: a frame list (one
+``frame_NNNNN_rgb.png`` path per line, relative to ``--root``, optionally followed by angles) and each
+frame's ``frame_NNNNN_pose.txt`` become one JSON file (image path and rotation matrix per frame).
 
 Output under ``--output``: ``train/part-NNNNN.parquet`` (and ``val/``) with one row per image that has a
 face with a pose (``image`` bytes, ``image_id``, ``width``, ``height``, per kept face ``boxes``,
@@ -33,20 +39,24 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-__all__ = ["build_parser", "main", "read_annotation_list", "label_image", "prepare_split"]
+__all__ = ["build_parser", "main", "read_annotation_list", "label_image", "prepare_split", "convert_biwi", "parse_args"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="prepare_dataset.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--train-list", required=True, help="list file of per-image annotation JSONs (training split)")
+    p.add_argument("--train-list", default=None, help="list file of per-image annotation JSONs (training split; required "
+                   "for wider and 300wlp)")
     p.add_argument("--val-list", default=None, help="list file of the validation split")
     p.add_argument("--output", required=True, help="folder or fsspec URL for train/, val/, pose_mean.npy, pose_stddev.npy")
     p.add_argument("--bundle", default=None, help="take the 3D reference points from this bundle")
     p.add_argument("--points-68", default=None, help="reference_3d_68_points_trans.npy (instead of --bundle)")
     p.add_argument("--points-5", default=None, help="reference_3d_5_points_trans.npy (instead of --bundle)")
-    p.add_argument("--format", choices=["wider", "300wlp"], default="wider",
+    p.add_argument("--format", choices=["wider", "300wlp", "biwi"], default="wider",
                    help="wider: poses fitted to the landmarks (training); 300wlp: rotation from each JSON's pose_para, "
-                   "translation fitted (fine-tuning)")
+                   "translation fitted (fine-tuning); biwi: the BIWI test frames for jobs/evaluate.py")
+    p.add_argument("--frame-list", default=None, help="biwi: the frame list (e.g. the authors' BIWI_annotations.txt)")
+    p.add_argument("--root", default=None, help="biwi: the folder the frame list's paths are relative to "
+                   "(default: the list's folder)")
     p.add_argument("--rows-per-shard", type=int, default=1000, help="images per Parquet file")
     p.add_argument("--limit", type=int, default=None, help="first N images of each list only")
     return p
@@ -187,8 +197,39 @@ def _save_npy(arr: np.ndarray, uri: str) -> None:
         f.write(buf.getvalue())
 
 
+def convert_biwi(frame_list: str, root: str | None, output: str) -> dict:
+    """Write the evaluator's BIWI JSON from the dataset's frame list and ``_pose.txt`` files."""
+    from img2pose_core.evaluation import biwi_frames, write_biwi_json
+
+    records = biwi_frames(frame_list, root)
+    missing = [r["image"] for r in records if not Path(r["image"]).is_file()]
+    if missing:
+        raise SystemExit(f"prepare_dataset.py: {len(missing)} listed frame(s) not found, e.g. {missing[0]}; "
+                         "give --root the folder the list's paths are relative to")
+    path = write_biwi_json(records, output)
+    return {"frames": len(records), "output": str(path)}
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """The parser and the arguments, with the checks that depend on ``--format`` (exit 2 with a message)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.format == "biwi" and not args.frame_list:
+        parser.error("--format biwi needs --frame-list (the BIWI frame list)")
+    if args.format != "biwi" and not args.train_list:
+        parser.error(f"--format {args.format} needs --train-list")
+    return parser, args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser, args = parse_args(argv)
+    if args.format == "biwi":
+        try:
+            stats = convert_biwi(args.frame_list, args.root, args.output)
+        except (FileNotFoundError, ValueError) as e:
+            parser.error(str(e))
+        print(json.dumps(stats, indent=2))
+        return 0
     p68, p5 = _reference_points(args)
     out = args.output.rstrip("/")
     stats = {}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import sys
 import tempfile
 from pathlib import Path
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plateau-patience", type=int, default=3)
     p.add_argument("--early-stop-patience", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=10, help="print the mean training loss every N steps (0: never)")
     return p
 
 
@@ -170,7 +172,9 @@ def _save_checkpoint(folder: Path, model, extra: dict, cfg: dict) -> None:
                   name=f"{cfg['name']}-step{extra['step']}", source={"training_run": cfg["name"]})
     shutil.rmtree(work)
     torch.save(extra, folder / STATE_NAME)
-    (folder / "progress.json").write_text(json.dumps({k: v for k, v in extra.items() if isinstance(v, (int, float, str))}))
+    progress = {k: v for k, v in extra.items() if isinstance(v, (int, float, str))}
+    progress["step_losses"] = [float(v) for v in extra.get("step_losses", [])]  # this epoch's, in step order
+    (folder / "progress.json").write_text(json.dumps(progress))
 
 
 def train_loop(cfg: dict) -> None:
@@ -183,6 +187,9 @@ def train_loop(cfg: dict) -> None:
     from img2pose_core.training import TrainingForward, TrainSettings, init_backbone
 
     torch.manual_seed(cfg["seed"])
+    # A logger, not print(): Ray Train echoes a worker's stdout and stderr twice on the driver.
+    log = logging.getLogger("img2pose.train")
+    log.setLevel(logging.INFO)
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     rng = np.random.default_rng(cfg["seed"] + rank)
@@ -241,7 +248,7 @@ def train_loop(cfg: dict) -> None:
     while state["epoch"] < cfg["epochs"]:
         model.train()
         model.transform.min_size = min_sizes  # GeneralizedRCNNTransform picks one at random in training
-        totals, n = {}, 0
+        totals, n, step_losses = {}, 0, []
         for rows in train_ds.iter_batches(batch_size=cfg["batch_size"], batch_format="pandas"):
             images, targets = _rows_to_batch(rows.to_dict("records"), cfg["flip"], rng, crop=cfg["crop"],
                                              points=(p68, p5), flip_pose=cfg["flip_pose"])  # fmt: skip
@@ -258,8 +265,11 @@ def train_loop(cfg: dict) -> None:
             for k, v in losses.items():
                 totals[k] = totals.get(k, 0.0) + float(v.detach())
             totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
-            ray.train.report({"step": state["step"], "epoch": state["epoch"], "train_loss_step": float(loss.detach()),
-                              **{k: float(v.detach()) for k, v in losses.items()}})
+            step_losses.append(float(loss.detach()))
+            if rank == 0 and cfg.get("log_every") and state["step"] % cfg["log_every"] == 0:
+                recent = step_losses[-cfg["log_every"]:]
+                log.info("train.py: epoch %d step %d: loss %.4f (mean of the last %d steps)", state["epoch"] + 1,
+                         state["step"], sum(recent) / len(recent), len(recent))
             if max_steps and state["step"] >= max_steps:
                 break
         if cfg.get("val_mode", "train") == "train":
@@ -296,7 +306,8 @@ def train_loop(cfg: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
-                extra = {**state, **metrics, "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+                extra = {**state, **metrics, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                         "step_losses": step_losses}
                 _save_checkpoint(Path(tmp), model, extra, cfg)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
@@ -389,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         "clip": args.clip, "flip": not args.no_flip, "crop": not args.no_crop, "flip_pose": args.flip_pose, "rois_per_image": args.rois_per_image,
         "rpn_train_top_n": args.rpn_train_top_n, "rpn_train_pre_nms_top_n": args.rpn_train_pre_nms_top_n, "plateau_patience": args.plateau_patience,
         "early_stop_patience": args.early_stop_patience, "epochs": args.epochs, "max_steps": args.max_steps,
-        "resume_from": resume, "val_mode": args.val_mode,
+        "resume_from": resume, "val_mode": args.val_mode, "log_every": args.log_every,
     }
     if resume:
         print(f"train.py: resuming from {resume}", file=sys.stderr)

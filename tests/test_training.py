@@ -215,3 +215,66 @@ def test_pose_head_batch_norm_sees_only_the_positive_rois(refs):
     assert one.shape == (1, 6) and seen[-1] == (1, False) and norm.training
     assert torch.equal(norm.running_mean, before)  # the single row used the running statistics, unchanged
     assert forward._pose_of_positives(pooled[:0]).shape == (0, 6) and len(seen) == 2
+
+
+def test_smoke_run_as_documented(tmp_path, golden_bundle):
+    """docs/training.md's smoke block, run as written: the training loss falls over the 50 steps of the
+    epoch, and the evaluator reads the checkpoint."""
+    import json
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docs" / "training.md").read_text()
+    block = re.search(r"<!-- smoke-run -->\n```bash\n(.*?)```", text, re.S).group(1)
+    (tmp_path / "jobs").symlink_to(root / "jobs")  # the block runs from the repository root
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(root), "RAY_TRAIN_V2_ENABLED": "1",
+           "BUNDLE": str(golden_bundle), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    (progress,) = (tmp_path / "smoke" / "runs" / "smoke").glob("checkpoint_*/progress.json")
+    losses = json.loads(progress.read_text())["step_losses"]
+    assert len(losses) == 50
+    first, last = np.mean(losses[:10]), np.mean(losses[-10:])
+    assert last < 0.75 * first, losses
+    assert "step 50: loss" in proc.stdout + proc.stderr
+    report = json.loads((tmp_path / "smoke" / "report.json").read_text())
+    assert report["aflw2000"]["images"] == 4
+    assert report["settings"]["bundle"].rstrip("/").endswith(f"{progress.parent.name}/bundle")
+
+
+def test_training_doc_commands_are_complete():
+    """Every command docs/training.md gives for the four scripts is accepted by that script's parser."""
+    import contextlib
+    import io
+    from pathlib import Path
+
+    from doc_commands import script_argv, shell_lines
+    from jobs import annotate, evaluate, prepare_dataset, train
+
+    root = Path(__file__).resolve().parents[1]
+    parsers = {
+        "jobs/prepare_dataset.py": prepare_dataset.parse_args,
+        "jobs/train.py": lambda argv: train.build_parser().parse_args(argv),
+        "jobs/evaluate.py": lambda argv: evaluate.build_parser().parse_args(argv),
+        "jobs/annotate.py": annotate.parse_args,
+    }
+    seen = {name: 0 for name in parsers}
+    for line in shell_lines(root / "docs" / "training.md"):
+        for name, parse in parsers.items():
+            argv = script_argv(line, name, {"BUNDLE": "/tmp/bundle"})
+            if argv is None:
+                continue
+            seen[name] += 1
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                try:
+                    parse(argv)
+                except SystemExit as exc:
+                    raise AssertionError(f"docs/training.md: {line!r} is refused: {err.getvalue().strip()}") from exc
+    assert seen["jobs/prepare_dataset.py"] >= 4 and seen["jobs/train.py"] >= 3 and seen["jobs/evaluate.py"] >= 5, seen
