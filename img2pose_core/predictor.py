@@ -142,6 +142,8 @@ class Predictor:
 
     ``precision`` ``"bf16"``/``"fp16"`` autocasts the network on CUDA; the pose geometry always runs in
     float64. ``threshold`` keeps faces scoring above it (it also skips the pose branch below it).
+    Predictors with the same bundle, device and settings share one model per process; ``shared=False``
+    gives this one its own, whose network input size :meth:`resize` may then change.
     """
 
     def __init__(
@@ -162,6 +164,7 @@ class Predictor:
         batch_size: int = 8,
         channels_last: bool | None = None,
         compile: bool | str = False,
+        shared: bool = True,
     ) -> None:
         from .bundle import Bundle, open_bundle
 
@@ -194,6 +197,7 @@ class Predictor:
         self.threshold = float(threshold if threshold is not None else s.threshold)
         if not 0.0 <= self.threshold < 1.0:
             raise ValueError(f"threshold must be in [0, 1), not {self.threshold}")
+        self.shared = bool(shared)
         self.model = self._load_model()
         self._copy_stream = None  # CUDA stream of host-to-device copies, made on first use
         self._points_5 = torch.as_tensor(self.bundle.points_5, dtype=torch.float64, device=self.device)
@@ -209,7 +213,7 @@ class Predictor:
             tuple(sorted(self.settings.items())), self.channels_last, self.compile,
         )  # fmt: skip
         with _MODEL_CACHE_LOCK:
-            model = _MODEL_CACHE.get(key)
+            model = _MODEL_CACHE.get(key) if self.shared else None
             if model is None:
                 model = self.bundle.build_model(**self.settings).to(self.device).eval()
                 if self.channels_last:
@@ -222,9 +226,19 @@ class Predictor:
                     # One graph per padded network size (batches only ever hold one size): on CUDA both
                     # modes replay it as a CUDA graph; max-autotune also searches kernel configurations.
                     model.backbone = torch.compile(model.backbone, mode=self.compile, dynamic=False)
-                _MODEL_CACHE[key] = model
+                if self.shared:
+                    _MODEL_CACHE[key] = model
         return model
 
+    def resize(self, min_size: int, max_size: int) -> None:
+        """Change the network input size of a predictor made with ``shared=False`` (its own model), e.g.
+        per image as the original multi-scale evaluation does."""
+        if self.shared:
+            raise ValueError("resize() needs a Predictor made with shared=False: its model is shared with other predictors")
+        if min_size < 1 or max_size < min_size:
+            raise ValueError(f"need 1 <= min_size <= max_size, got {min_size}/{max_size}")
+        self.settings["min_size"], self.settings["max_size"] = int(min_size), int(max_size)
+        self.model.configure(min_size=int(min_size), max_size=int(max_size))
     def predict(
         self,
         images: Sequence[ImageInput],

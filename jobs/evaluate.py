@@ -80,14 +80,16 @@ def main(argv: list[str] | None = None) -> int:
         return Predictor(bundle, device=args.device, min_size=s["min_size"], max_size=s["max_size"],
                          rpn_pre_nms_top_n=s["rpn_pre_nms_top_n"], rpn_post_nms_top_n=s["rpn_post_nms_top_n"],
                          # The pose protocols choose among all boxes; their threshold is applied when picking.
-                         threshold=s["threshold"] if args.benchmark == "wider" else 0.0)
+                         threshold=s["threshold"] if args.benchmark == "wider" else 0.0, shared=s.get("shared", True))
 
-    def run(paths: list[str], keys: list[str]) -> dict:
+    def run(paths: list[str], keys: list[str], integer_boxes: bool = False) -> dict:
         out, model = {}, predictor()
         for path, key in zip(paths, keys):
             img = _image(path)
             f = model.predict([img])[0]
-            out[key] = ev.Faces(f.boxes, f.scores, f.poses, img.shape[1], img.shape[0])
+            # The original WIDER evaluation writes integer boxes (truncated toward zero).
+            boxes = np.trunc(f.boxes.astype(np.float64)) if integer_boxes else f.boxes
+            out[key] = ev.Faces(boxes, f.scores, f.poses, img.shape[1], img.shape[0])
         return out
 
     started = time.perf_counter()
@@ -106,26 +108,29 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(args.data) if Path(args.data).is_dir() else Path(args.data).parent
         paths = [str(root / "images" / f"{n}.jpg") for n in names]
         if not args.multiscale:
-            preds = run(paths, names)
+            preds = run(paths, names, integer_boxes=True)
         else:
-            scales = [int(s) for s in args.scales.split(",")] if args.scales else list(MULTISCALE)
-            models = [predictor(min_size=s, max_size=max(s, proto["max_size"] or 1400) * 2) for s in scales]
+            scales = [int(v) for v in args.scales.split(",")] if args.scales else list(MULTISCALE)
+            model = predictor(shared=False)
             preds = {}
             for path, name in zip(paths, names):
                 img = _image(path)
-                w = img.shape[1]
+                h, w = img.shape[:2]
                 boxes, scores = [], []
-                for m in models:
-                    for flip in (False, True):
-                        f = m.predict([img[:, ::-1].copy() if flip else img])[0]
-                        b = f.boxes.astype(np.float64)
+                for flip in (False, True):  # as the original: every scale unflipped, then every scale flipped
+                    for size in scales:
+                        # The image is scaled so its short side is `size`, with no cap on the long side.
+                        scale = size / min(w, h)
+                        new_w, new_h = int(w * scale), int(h * scale)
+                        model.resize(max(1, min(new_w, new_h)), max(1, new_w, new_h))
+                        f = model.predict([img[:, ::-1].copy() if flip else img])[0]
+                        b = np.trunc(f.boxes.astype(np.float64))  # integer boxes, then mirrored back
                         if flip:
                             b[:, [0, 2]] = w - b[:, [2, 0]]
-                        # The original evaluation votes on integer boxes (truncated toward zero).
-                        boxes.append(np.trunc(b))
+                        boxes.append(b)
                         scores.append(f.scores)
                 vb, vs = ev.box_vote(np.concatenate(boxes), np.concatenate(scores), iou=args.vote_iou)
-                preds[name] = ev.Faces(vb, vs, None, w, img.shape[0])
+                preds[name] = ev.Faces(vb, vs, None, w, h)
         result = ev.evaluate_wider(gt, keep, preds)
         result["images"] = len(names)
     elapsed = time.perf_counter() - started

@@ -240,6 +240,27 @@ def test_evaluate_job_runs(tmp_path, refs, golden_bundle):
                           "--max-size", "320", "--device", "cpu"]) == 0
     report = json.loads(out.read_text())["biwi"]
     assert report["images"] == 2 and report["evaluated"] + report["missed"] == 2
+    # WIDER multi-scale: each scale sizes the image by its short side with no cap on the long side.
+    folder = synthetic.write_wider_style(tmp_path / "wider", *refs, n_images=2, size=(160, 120))
+    out = tmp_path / "rep" / "wider.json"
+    assert evaluate.main(["--bundle", str(golden_bundle), "--benchmark", "wider", "--data", str(folder),
+                          "--output", str(out), "--multiscale", "--scales", "120,200", "--device", "cpu"]) == 0
+    report = json.loads(out.read_text())["wider"]
+    assert report["images"] == 2 and set(report) >= {"easy", "medium", "hard"}
+
+
+def test_only_an_unshared_predictor_resizes(golden_bundle):
+    from img2pose_core.predictor import Predictor
+
+    shared = Predictor(golden_bundle, device="cpu", min_size=128, max_size=160)
+    with pytest.raises(ValueError, match="shared=False"):
+        shared.resize(200, 400)
+    own = Predictor(golden_bundle, device="cpu", min_size=128, max_size=160, shared=False)
+    assert own.model is not shared.model
+    image = np.zeros((90, 300, 3), dtype=np.uint8)
+    own.resize(90, 300)  # short side 90, long side 300: no cap
+    assert own.predict([image])[0].network_size == (300, 90)
+    assert shared.predict([image])[0].network_size == (160, 48)  # the shared model keeps its sizes
 
 
 @needs_golden
