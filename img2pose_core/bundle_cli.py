@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import Field, fields
 from pathlib import Path
+
+from .flags import MODEL_FLAGS, HelpFormatter, model_flag_error
 
 __all__ = ["register", "main"]
 
-# ModelSettings fields that `bundle create` exposes as options, with their argument types.
+# ModelSettings fields that `bundle create` exposes as options: a model flag's own type where the
+# field is one (flags.MODEL_FLAGS), else by the field's annotation.
 _SETTING_TYPES = {"int": int, "float": float, "int | None": int}
 
 
@@ -20,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "bundle",
         help="create, download or verify a model bundle (weights + pose statistics + reference points)",
         description="Model bundles hold the img2pose weights and the files that go with them, checked by sha256.",
+        formatter_class=HelpFormatter,
     )
     actions = p.add_subparsers(dest="bundle_command", required=True, metavar="ACTION")
     _add_create(actions)
@@ -44,13 +48,16 @@ def _guarded(action: Callable[[argparse.Namespace], int]) -> Callable[[argparse.
 
 # --- create ----------------------------------------------------------------------------------------
 def _add_create(actions: argparse._SubParsersAction) -> None:
-    from .model import ModelSettings
+    # settings, not model: the parser of every command is built at start, and model imports torch.
+    from .settings import ModelSettings
 
     p = actions.add_parser(
         "create",
         help="make a bundle from local files",
         description="Check the weights and arrays (the weights must load into img2pose) and copy them with a "
-        "bundle.json into --out.",
+        "bundle.json into --out. The model settings given are stored as the bundle's defaults: every command "
+        "using the bundle runs with them unless its own flags say otherwise.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--weights", required=True, type=Path,
                    help=".pth/.pt checkpoint (any released layout) or .safetensors")
@@ -67,23 +74,36 @@ def _add_create(actions: argparse._SubParsersAction) -> None:
     group = p.add_argument_group("model settings stored as the bundle's defaults")
     for f in fields(ModelSettings):
         if f.type in _SETTING_TYPES:
-            group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"setting_{f.name}", type=_SETTING_TYPES[f.type],
-                               default=None, metavar=f.type.split()[0].upper(), help=f"default: {f.default}")
+            kind = MODEL_FLAGS[f.name][0]["type"] if f.name in MODEL_FLAGS else _SETTING_TYPES[f.type]
+            group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"setting_{f.name}", type=kind,
+                               default=None, metavar=f.type.split()[0].upper(), help=_setting_help(f))
     p.set_defaults(run=_guarded(_run_create))
+
+
+def _setting_help(f: Field) -> str:
+    """``default: X`` for a ModelSettings field; the threshold also says who uses it."""
+    if f.name == "threshold":
+        return f"default: {f.default}; predict, render, the Python API and the annotation job keep faces above it"
+    return f"default: {'none (no cap)' if f.default is None else f.default}"
 
 
 def _run_create(args: argparse.Namespace) -> int:
     from .bundle import create_bundle
-    from .model import ModelSettings
+    from .settings import ModelSettings
 
     chosen = {
         f.name: getattr(args, f"setting_{f.name}")
         for f in fields(ModelSettings)
         if getattr(args, f"setting_{f.name}", None) is not None
     }
+    settings = ModelSettings(**chosen)
+    problem = model_flag_error(settings)  # the sizes as stored: given ones with the defaults of the others
+    if problem:
+        print(f"img2pose: error: {problem}", file=sys.stderr)
+        return 2
     out = create_bundle(
         args.weights, args.pose_mean, args.pose_stddev, args.points_68, args.points_5, args.out,
-        settings=ModelSettings(**chosen), name=args.name, license=args.license, source=args.source,
+        settings=settings, name=args.name, license=args.license, source=args.source,
         overwrite=args.overwrite,
     )
     print(f"bundle written to {out}")
@@ -98,6 +118,7 @@ def _add_fetch(actions: argparse._SubParsersAction) -> None:
         description="Download the official img2pose release and assemble a bundle. The weights are CC BY-NC 4.0: "
         "non-commercial use only. Mirrors: set IMG2POSE_URL_ZOO_ZIP, IMG2POSE_URL_POINTS_68, IMG2POSE_URL_POINTS_5, "
         "IMG2POSE_URL_HF_WEIGHTS, IMG2POSE_URL_HF_CONFIG.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--source", choices=["official", "huggingface"], default="official",
                    help="official: the authors' Google Drive zip + GitHub; huggingface: py-feat/img2pose on the hub")
@@ -126,6 +147,7 @@ def _add_verify(actions: argparse._SubParsersAction) -> None:
         "verify",
         help="open a bundle, check every file's sha256 and that the weights load",
         description="Open a bundle (folder or URL), check each file against bundle.json and load the weights.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("uri", help="bundle folder or URL (s3://, gs://, https:// ...)")
     p.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint (else $AWS_ENDPOINT_URL)")
@@ -165,7 +187,7 @@ def _human(size: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m img2pose_core.bundle_cli bundle ...``: the bundle commands without the rest of the CLI."""
-    parser = argparse.ArgumentParser(prog="img2pose")
+    parser = argparse.ArgumentParser(prog="img2pose", formatter_class=HelpFormatter)
     register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     args = parser.parse_args(argv)
     return int(args.run(args) or 0)

@@ -8,12 +8,14 @@ write into their tables:
   decompression bomb never allocates its pixels);
 - ``corrupt``: a known format whose data is truncated or damaged;
 - ``unsupported``: a valid image in a pixel mode that has no sensible RGB meaning;
-- ``unreadable``: the bytes could not be read at all (I/O error, missing file).
+- ``unreadable``: the bytes could not be read at all (I/O error, missing file or object, store error:
+  :func:`read_image_bytes` reads local paths, ``file://`` and fsspec URLs).
 """
 
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "DECODED_FORMATS", "probe_jpeg", "ImageDecodeError", "DecodedImage", "decode_image", "read_image_file", "to_rgb_array"]
+from .uris import normalise_local, redact_text, redact_uri, scheme_of
+
+__all__ = [
+    "IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS", "DECODED_FORMATS", "probe_jpeg", "ImageDecodeError", "DecodedImage", "decode_image",
+    "read_image_file", "read_image_bytes", "to_rgb_array", "upright_rgb_array",
+]  # fmt: skip
+
+# File names taken for images where a folder is listed (the job's listing, `img2pose predict DIR`).
+IMAGE_EXTENSIONS = (
+    ".jpg", ".jpeg", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm", ".pnm",
+    ".avif",
+)  # fmt: skip
 
 # 100 megapixels: far above any photograph a face model is useful on, far below what exhausts a worker.
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -84,6 +97,12 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
+def upright_rgb_array(image: Image.Image) -> np.ndarray:
+    """RGB uint8 pixels of a Pillow image turned upright by its EXIF orientation, as :func:`decode_image`
+    turns a file's: the same picture whether it comes as a file or as an opened image."""
+    return to_rgb_array(ImageOps.exif_transpose(image))
+
+
 def decode_image(
     data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, reduce_for: tuple[int, int] | None = None
 ) -> DecodedImage:
@@ -126,8 +145,7 @@ def decode_image(
                 if reduce_for is not None and fmt == "JPEG":
                     image.draft("RGB", _draft_request(image, width, height, *reduce_for))
                 image.load()
-                oriented = ImageOps.exif_transpose(image)
-                pixels = to_rgb_array(oriented)
+                pixels = upright_rgb_array(image)
             except Image.DecompressionBombError as exc:
                 raise ImageDecodeError("too_large", f"decompression bomb: {exc}") from None
             except MemoryError:
@@ -180,11 +198,40 @@ def _draft_request(image: Image.Image, width: int, height: int, min_size: int, m
 
 def read_image_file(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
     """Read and decode a local image file (see :func:`decode_image`); unreadable files get ``unreadable``."""
+    return decode_image(_read_local(path, str(path)), max_pixels=max_pixels)
+
+
+def _read_local(path: str | Path, shown: str) -> bytes:
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except OSError as exc:
-        raise ImageDecodeError("unreadable", f"cannot read {path}: {exc.strerror or exc}") from None
-    return decode_image(data, max_pixels=max_pixels)
+        raise ImageDecodeError("unreadable", f"cannot read {shown}: {exc.strerror or exc}") from None
+
+
+def read_image_bytes(uri: str | os.PathLike, *, storage_options: dict | None = None) -> bytes:
+    """The bytes of a local path, a ``file://`` URI or any fsspec URL (``s3://``, ``gs://``, ``https://`` ...).
+
+    ``storage_options`` go to fsspec (credentials, ``client_kwargs`` ...); for ``s3://`` the endpoint of
+    ``AWS_ENDPOINT_URL[_S3]`` is used when they name none, as for bundles. Anything that stops the read
+    (missing file or object, permission, unknown scheme, a store error) raises :class:`ImageDecodeError`
+    ``unreadable`` whose message names ``uri`` with its credentials redacted.
+    """
+    text = os.fsdecode(uri)
+    shown = redact_uri(text)
+    scheme = scheme_of(text)
+    if scheme in ("", "file"):
+        return _read_local(normalise_local(text) if scheme else text, shown)
+    from .bundle import _storage_options  # the bundles' reading of the same variables
+
+    try:
+        from fsspec.core import url_to_fs
+
+        fs, path = url_to_fs(text, **_storage_options(text, storage_options))
+        return fs.cat_file(path)
+    except FileNotFoundError:
+        raise ImageDecodeError("unreadable", f"cannot read {shown}: not found") from None
+    except Exception as exc:  # noqa: BLE001 - every store raises its own errors (botocore, aiohttp, ...)
+        raise ImageDecodeError("unreadable", f"cannot read {shown}: {redact_text(_describe(exc), [text])}") from None
 
 
 def _describe(exc: BaseException) -> str:

@@ -6,7 +6,7 @@ the module names below (``backbone``, ``rpn``, ``roi_heads.box_head`` ...) are t
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +18,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from .roi_heads import PoseHeadSettings, PoseRoIHeads, RoIOutputs
 from .rpn import TopNRegionProposalNetwork
+from .settings import ModelSettings  # re-exported: its historical home
 
 __all__ = ["ModelSettings", "Img2Pose", "ImageDetections", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -26,36 +27,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # One anchor size per FPN level (the original lists a sixth, 512, that no level uses).
 ANCHOR_SIZES = ((16,), (32,), (64,), (128,), (256,))
 ASPECT_RATIOS = ((0.5, 1.0, 2.0),) * len(ANCHOR_SIZES)
-
-
-@dataclass
-class ModelSettings:
-    """Everything that configures a built model; stored in ``bundle.json`` as the bundle's defaults."""
-
-    min_size: int = 640
-    max_size: int = 1400
-    rpn_pre_nms_top_n: int = 6000
-    rpn_post_nms_top_n: int = 1000
-    rpn_nms_thresh: float = 0.4
-    box_score_thresh: float = 0.05
-    box_nms_thresh: float = 0.5
-    bbox_x_factor: float = 1.1
-    bbox_y_factor: float = 1.1
-    expand_forehead: float = 0.3
-    max_faces: int | None = None
-    threshold: float = 0.0
-    extra: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ModelSettings":
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown model settings {unknown}; known: {sorted(known)}")
-        return cls(**data)
 
 
 @dataclass

@@ -7,6 +7,8 @@ import json
 import sys
 import time
 
+from .flags import COMMON, HelpFormatter, add_model_flags, positive_int
+
 __all__ = ["register", "run_predict"]
 
 
@@ -19,24 +21,16 @@ def register(subparsers) -> None:
             '{"image", "width", "height", "faces": [{"score", "box": [x1,y1,x2,y2], '
             '"pose": [rx,ry,rz,tx,ty,tz], "yaw", "pitch", "roll", "landmarks_5"}]}. '
             "An image that cannot be read gets {\"image\", \"error\": {\"status\", \"message\"}} and the "
-            "exit code is 1; the other images are still processed."
+            "exit code is 1; the other images are still processed. Every model setting is the bundle's "
+            "unless its flag is given; the threshold of a new bundle is 0.8."
         ),
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, TIFF, GIF, BMP ...)")
-    p.add_argument(
-        "--bundle",
-        default=None,
-        help="model bundle: folder or URL (default: $IMG2POSE_BUNDLE, else the official bundle in the cache)",
-    )
-    p.add_argument("--min-size", type=int, default=None, help="resize so the short side is this (default: bundle's)")
-    p.add_argument("--max-size", type=int, default=None, help="cap for the long side after resize (default: bundle's)")
-    p.add_argument("--threshold", type=float, default=0.0, help="keep faces scoring above this (default 0.0)")
-    p.add_argument("--max-faces", type=int, default=None, help="keep at most this many faces per image")
-    p.add_argument("--rpn-pre-nms-top-n", type=int, default=None, help="RPN proposals per level before NMS")
-    p.add_argument("--rpn-post-nms-top-n", type=int, default=None, help="RPN proposals per image after NMS")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast on CUDA")
-    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files (JPEG, PNG, WebP, TIFF, GIF, BMP ...) or folders (their image files, recursively, "
+                   "in name order)")
+    add_model_flags(p, (*COMMON, "rpn_pre_nms_top_n", "rpn_post_nms_top_n", "device", "precision"))
+    p.add_argument("--batch-size", type=positive_int, default=4, help="images per forward pass (default 4)")
     p.add_argument("--landmarks-68", action="store_true", help="also print the 68 projected landmarks")
     p.add_argument(
         "--max-pixels", type=int, default=None, help="refuse images above this many pixels, before decoding"
@@ -68,12 +62,17 @@ def run_predict(args: argparse.Namespace) -> int:
         print(f"img2pose: error: {exc}", file=sys.stderr)
         return 2
 
+    try:
+        images = expand_folders(args.images)
+    except OSError as exc:
+        print(f"img2pose: error: {exc}", file=sys.stderr)
+        return 2
     failed = 0
     started = time.perf_counter()
     max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
     # Decode a batch, predict it, print it: memory stays bounded however many files are given.
-    for start in range(0, len(args.images), args.batch_size):
-        names = args.images[start : start + args.batch_size]
+    for start in range(0, len(images), args.batch_size):
+        names = images[start : start + args.batch_size]
         decoded = []
         for name in names:
             try:
@@ -85,12 +84,32 @@ def run_predict(args: argparse.Namespace) -> int:
         for (name, _), faces in zip(decoded, results):
             _emit({"image": name, "width": faces.width, "height": faces.height, "faces": faces.to_json()})
     elapsed = time.perf_counter() - started
-    n = len(args.images)
-    print(
-        f"img2pose: {n - failed}/{n} images processed, {failed} failed, {elapsed:.1f} s ({n / elapsed:.2f} images/s)",
-        file=sys.stderr,
-    )
+    n = len(images)
+    rate = f" ({n / elapsed:.2f} images/s)" if n else ""  # no rate of nothing
+    print(f"img2pose: {n - failed}/{n} images processed, {failed} failed, {elapsed:.1f} s{rate}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def expand_folders(paths: list[str]) -> list[str]:
+    """``paths`` with every folder replaced by its image files (by extension, recursively, in name order,
+    hidden entries and links to folders left out); files are kept as given, whatever their name."""
+    import os
+
+    from .imageio import IMAGE_EXTENSIONS
+
+    out: list[str] = []
+    for path in paths:
+        if not os.path.isdir(path):
+            out.append(path)
+            continue
+        found = []
+        for root, dirs, files in os.walk(path):  # os.walk does not follow links to folders
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            found += [os.path.join(root, f) for f in files if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
+        if not found:
+            raise OSError(f"{path}: a folder without image files ({', '.join(IMAGE_EXTENSIONS[:4])} ...)")
+        out += sorted(found)
+    return out
 
 
 def _emit(obj: dict) -> None:

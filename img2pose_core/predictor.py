@@ -2,15 +2,19 @@
 
 The network runs in batches of images of similar aspect ratio (little padding) under
 ``torch.inference_mode``; all per-face geometry (angles, landmarks, alignment) is then computed for the
-whole batch at once in float64.
+whole batch at once in float64. Images come as pixels (arrays, tensors, PIL images) or as paths and URLs,
+which are read and decoded as the annotation job decodes them (:mod:`img2pose_core.imageio`). Results
+convert to rows of the job's ``faces`` table (:meth:`ImageFaces.to_arrow`, :func:`faces_table`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import threading
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -18,11 +22,18 @@ from PIL import Image
 from torch import Tensor
 
 from . import alignment, geometry
+from .imageio import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, read_image_bytes, upright_rgb_array
 from .model import Img2Pose
+from .uris import normalise_local, redact_uri, scheme_of
 
-__all__ = ["ImageFaces", "Predictor", "resolve_device", "resized_size", "padded_size"]
+if TYPE_CHECKING:
+    import pandas
+    import pyarrow
 
-ImageInput = np.ndarray | Image.Image | Tensor
+__all__ = ["ImageFaces", "Predictor", "faces_table", "resolve_device", "resized_size", "padded_size"]
+
+# Pixels, or where to read them: a local path, a file:// URI or any fsspec URL.
+ImageInput = np.ndarray | Image.Image | Tensor | str | os.PathLike
 
 _MODEL_CACHE: dict[tuple, Img2Pose] = {}
 _MODEL_CACHE_LOCK = threading.Lock()
@@ -37,6 +48,11 @@ class ImageFaces:
     camera of the input image (focal w + h, centre (w // 2, h // 2)) up to the rounding of the resize.
     ``landmarks_5`` / ``landmarks_68`` are projected in the network's camera and scaled to input pixels,
     so they agree with the boxes exactly.
+
+    An image the network did not run on has no faces, ``skipped`` (why, for people) and ``status`` (the
+    job's ``images`` table status: ``too_small``, or ``unreadable``, ``not_an_image``, ``corrupt``,
+    ``unsupported``, ``too_large`` for a path that could not be read or decoded); otherwise ``status`` is
+    ``ok`` and ``skipped`` None.
     """
 
     width: int
@@ -51,16 +67,31 @@ class ImageFaces:
     landmarks_68: np.ndarray | None = None  # (K, 68, 2) on request
     # Why the network did not run on the image (e.g. it resizes to zero pixels); None when it ran.
     skipped: str | None = None
+    status: str = "ok"  # or why it did not run, in the words of the job's images table
+    # Where the image came from, as the job's tables store it (local paths absolute, URL credentials
+    # redacted), and the SHA-256 of its bytes: set for path inputs, None for pixels.
+    image_uri: str | None = None
+    image_sha256: str | None = None
+    model_sha256: str | None = None  # of the bundle's weights; set by Predictor.predict
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
 
     @classmethod
-    def empty(cls, width: int, height: int, network_size: tuple[int, int], skipped: str | None = None) -> "ImageFaces":
-        """No faces in a ``width x height`` image."""
+    def empty(
+        cls,
+        width: int,
+        height: int,
+        network_size: tuple[int, int],
+        skipped: str | None = None,
+        *,
+        status: str | None = None,
+    ) -> "ImageFaces":
+        """No faces in a ``width x height`` image; ``status`` defaults to ``ok``, or ``too_small`` with ``skipped``."""
         z = np.zeros
+        status = status or ("ok" if skipped is None else "too_small")
         return cls(width, height, network_size, z(0, np.float32), z((0, 4), np.float32), z((0, 6)), z((0, 3)),
-                   z((0, 5, 2)), z((0, 2, 3)), None, skipped)  # fmt: skip
+                   z((0, 5, 2)), z((0, 2, 3)), None, skipped, status)  # fmt: skip
 
     def to_json(self) -> list[dict[str, Any]]:
         """The faces as JSON-ready dicts (``score``, ``box``, ``pose``, ``yaw``, ``pitch``, ``roll`` ...)."""
@@ -79,6 +110,98 @@ class ImageFaces:
                 face["landmarks_68"] = self.landmarks_68[i].round(3).tolist()
             faces.append(face)
         return faces
+
+    def to_arrow(
+        self,
+        *,
+        image_uri: str | None = None,
+        image_sha256: str | None = None,
+        run_id: str | None = None,
+        model_sha256: str | None = None,
+    ) -> "pyarrow.Table":
+        """The faces as rows of the annotation job's ``faces`` table: one row per face, the columns and
+        types of :data:`img2pose_core.output.FACES_SCHEMA` in its order (``docs/schema.md``).
+
+        ``image_uri``, ``image_sha256`` and ``model_sha256`` default to this result's own (the first two
+        are known for path inputs only), ``run_id`` to null; ``crop_uri`` is always null (the predictor
+        writes no crops). A column left null is declared nullable; with all four known, the schema is
+        ``FACES_SCHEMA`` itself. ``image_uri`` is stored with its credentials redacted, as the job does.
+        """
+        values = {
+            "run_id": run_id,
+            "image_uri": redact_uri(image_uri) if image_uri is not None else self.image_uri,
+            "image_sha256": image_sha256 if image_sha256 is not None else self.image_sha256,
+            "model_sha256": model_sha256 if model_sha256 is not None else self.model_sha256,
+        }
+        return _faces_arrow(self, values)
+
+    def to_pandas(self, **to_arrow_kwargs: Any) -> "pandas.DataFrame":
+        """:meth:`to_arrow` as a pandas DataFrame (``landmarks_5`` and ``align_matrix`` cells are arrays)."""
+        try:
+            import pandas  # noqa: F401 - optional: only this method needs it
+        except ImportError:
+            raise ImportError("ImageFaces.to_pandas needs pandas (pip install pandas); to_arrow() does not") from None
+        return self.to_arrow(**to_arrow_kwargs).to_pandas()
+
+
+def _faces_arrow(faces: ImageFaces, values: dict[str, str | None]) -> "pyarrow.Table":
+    """The faces table rows of ``faces``; ``values`` holds the per-image string columns (None: null)."""
+    import pyarrow as pa
+
+    from .output import FACES_SCHEMA
+
+    n = len(faces)
+    boxes, poses, angles = faces.boxes.reshape(n, 4), faces.poses.reshape(n, 6), faces.yaw_pitch_roll.reshape(n, 3)
+    columns: dict[str, Any] = {
+        "face_index": np.arange(n),
+        "score": faces.scores,
+        "box_x1": boxes[:, 0], "box_y1": boxes[:, 1], "box_x2": boxes[:, 2], "box_y2": boxes[:, 3],
+        "rx": poses[:, 0], "ry": poses[:, 1], "rz": poses[:, 2],
+        "tx": poses[:, 3], "ty": poses[:, 4], "tz": poses[:, 5],
+        "yaw": angles[:, 0], "pitch": angles[:, 1], "roll": angles[:, 2],
+        "landmarks_5": faces.landmarks_5.reshape(n, 10),
+        "align_matrix": faces.align_matrices.reshape(n, 6),
+        "crop_uri": None,
+        **values,
+    }  # fmt: skip
+    schema, arrays = FACES_SCHEMA, []
+    for i, field in enumerate(FACES_SCHEMA):
+        value = columns[field.name]
+        if value is None or isinstance(value, str):
+            if value is None and not field.nullable:
+                schema = schema.set(i, field.with_nullable(True))
+            arrays.append(pa.array([value] * n, field.type))
+        elif pa.types.is_fixed_size_list(field.type):
+            item = field.type.value_type.to_pandas_dtype()
+            flat = pa.array(np.ascontiguousarray(value, dtype=item).reshape(-1), field.type.value_type)
+            arrays.append(pa.FixedSizeListArray.from_arrays(flat, type=field.type))
+        else:
+            # numpy casts (float64 -> float32 ...) as the job's table does; pyarrow would refuse to truncate.
+            arrays.append(pa.array(np.asarray(value, dtype=field.type.to_pandas_dtype()), field.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def faces_table(
+    results: Sequence[ImageFaces], image_uris: Sequence[str | None] | None = None, *, run_id: str | None = None
+) -> "pyarrow.Table":
+    """The faces of several results as one table of the job's ``faces`` schema, in input order (see
+    :meth:`ImageFaces.to_arrow`). ``image_uris``, one per result, name the images whose result does not
+    (pixels given); None keeps the result's own. Images without faces, and those that did not run
+    (``status`` not ``ok``), have no rows."""
+    import pyarrow as pa
+
+    from .output import FACES_SCHEMA
+
+    if image_uris is not None and len(image_uris) != len(results):
+        raise ValueError(f"got {len(image_uris)} image_uris for {len(results)} results")
+    uris = list(image_uris) if image_uris is not None else [None] * len(results)
+    tables = [faces.to_arrow(image_uri=uri, run_id=run_id) for faces, uri in zip(results, uris)]
+    schema = FACES_SCHEMA
+    for i, field in enumerate(FACES_SCHEMA):
+        # One schema for all: a column null in any result is nullable in the whole table.
+        if not field.nullable and any(t.schema.field(i).nullable for t in tables):
+            schema = schema.set(i, field.with_nullable(True))
+    return pa.concat_tables([t.cast(schema) for t in tables]) if tables else schema.empty_table()
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -103,9 +226,26 @@ def padded_size(width: int, height: int, divisor: int = 32) -> tuple[int, int]:
     return -(-width // divisor) * divisor, -(-height // divisor) * divisor
 
 
-def _to_chw_float(image: ImageInput) -> Tensor:
+def _stored_uri(uri: str) -> str:
+    """``uri`` as the job's tables store it: local paths absolute, URL credentials redacted."""
+    return normalise_local(uri) if scheme_of(uri) in ("", "file") else redact_uri(uri)
+
+
+def _read_path(path: str | os.PathLike, max_pixels: int, storage_options: dict | None) -> tuple[np.ndarray, str]:
+    """Pixels and SHA-256 of the image at ``path``, read and decoded as the job does; an
+    :class:`~img2pose_core.imageio.ImageDecodeError` whose message names the path when it cannot be."""
+    text = os.fsdecode(path)
+    data = read_image_bytes(text, storage_options=storage_options)  # its errors name the path already
+    try:
+        decoded = decode_image(data, max_pixels=max_pixels)
+    except ImageDecodeError as exc:
+        raise ImageDecodeError(exc.status, f"{redact_uri(text)}: {exc.message}") from None
+    return decoded.pixels, hashlib.sha256(data).hexdigest()
+
+
+def _to_chw_float(image: np.ndarray | Image.Image | Tensor) -> Tensor:
     if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
+        image = upright_rgb_array(image)  # as decode_image turns a file: the same picture either way
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
             image = np.repeat(image[..., None], 3, axis=2)
@@ -119,7 +259,9 @@ def _to_chw_float(image: ImageInput) -> Tensor:
         if image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"expected a tensor of shape (3, H, W), got {tuple(image.shape)}")
         return image
-    raise TypeError(f"unsupported image type {type(image).__name__}; pass a numpy array, PIL image or tensor")
+    raise TypeError(
+        f"unsupported image type {type(image).__name__}; pass a numpy array, PIL image, tensor, path or URL"
+    )
 
 
 COMPILE_MODES = ("off", "dynamic", "reduce-overhead", "max-autotune")
@@ -239,31 +381,62 @@ class Predictor:
             raise ValueError(f"need 1 <= min_size <= max_size, got {min_size}/{max_size}")
         self.settings["min_size"], self.settings["max_size"] = int(min_size), int(max_size)
         self.model.configure(min_size=int(min_size), max_size=int(max_size))
+
     def predict(
         self,
         images: Sequence[ImageInput],
         *,
         batch_size: int | None = None,
         original_sizes: Sequence[tuple[int, int] | None] | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        storage_options: dict | None = None,
     ) -> list[ImageFaces]:
         """Faces of each image, in input order. Images of the same padded network size share a batch.
+
+        An image is an RGB ``(H, W, 3)`` uint8 array, a ``(3, H, W)`` tensor (uint8, or float in [0, 1]),
+        a PIL image (turned upright by its EXIF orientation, as files are; pass an array to use pixels as
+        they are), or a path: a ``str`` or ``os.PathLike`` local path, a ``file://`` URI or any fsspec URL
+        (``s3://``, ``https://`` ...; ``storage_options`` go to fsspec). Paths are read and decoded as the
+        annotation job decodes them (:func:`~img2pose_core.imageio.decode_image`: EXIF orientation, the
+        first frame of an animation, nothing declaring more than ``max_pixels`` pixels), one after the
+        other and all before the first batch runs; their results carry ``image_uri`` and
+        ``image_sha256``. Lists may mix paths and pixels.
+
+        A path that cannot be read or decoded raises nothing: as for an image too elongated to run
+        (``too_small``), its result has no faces, ``status`` is the job's status for it (``unreadable``,
+        ``not_an_image``, ``corrupt``, ``unsupported``, ``too_large``) and ``skipped`` names the path and
+        says why; one bad file never costs the others their faces. Check ``status`` before reading an
+        empty result as "no face". Any other type raises ``TypeError``, a badly shaped array ``ValueError``.
 
         ``original_sizes`` (``(width, height)`` per image) says that an image is a reduced copy (e.g.
         decoded at JPEG draft scale) of a picture of that size: coordinates are then reported in the
         picture's pixels.
         """
-        tensors = [_to_chw_float(img) for img in images]
+        images = list(images)
+        results: list[ImageFaces | None] = [None] * len(images)
+        tensors: list[Tensor | None] = [None] * len(images)
+        hashes: dict[int, str] = {}
+        for i, image in enumerate(images):
+            if isinstance(image, (str, os.PathLike)):
+                try:
+                    image, hashes[i] = _read_path(image, max_pixels, storage_options)
+                except ImageDecodeError as exc:
+                    results[i] = ImageFaces.empty(0, 0, (0, 0), exc.message, status=exc.status)
+                    continue
+            tensors[i] = _to_chw_float(image)
         report = [
-            (int(t.shape[2]), int(t.shape[1])) if not original_sizes or original_sizes[i] is None
+            None if t is None
+            else (int(t.shape[2]), int(t.shape[1])) if not original_sizes or original_sizes[i] is None
             else (int(original_sizes[i][0]), int(original_sizes[i][1]))
             for i, t in enumerate(tensors)
         ]  # fmt: skip
         size = batch_size or self.batch_size
         # Batch images of similar aspect ratio together so the padded batch wastes little.
-        results: list[ImageFaces | None] = [None] * len(tensors)
         buckets: dict[tuple[int, int], list[int]] = {}
         lo, hi = self.settings["min_size"], self.settings["max_size"]
         for i, t in enumerate(tensors):
+            if t is None:
+                continue
             h, w = int(t.shape[1]), int(t.shape[2])
             net = resized_size(w, h, lo, hi)
             if min(net) < 1:
@@ -283,6 +456,10 @@ class Predictor:
             faces = self._predict_batch(current, [report[i] for i in chunk])
             for i, f in zip(chunk, faces):
                 results[i] = f
+        for i, result in enumerate(results):
+            result.model_sha256 = self.model_sha256
+            if isinstance(images[i], (str, os.PathLike)):
+                result.image_uri, result.image_sha256 = _stored_uri(os.fsdecode(images[i])), hashes.get(i)
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()

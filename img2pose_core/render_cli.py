@@ -20,7 +20,14 @@ import sys
 import time
 from pathlib import Path
 
+from .flags import HelpFormatter, add_model_flags
+
 __all__ = ["register", "run_render"]
+
+_BUNDLE_HELP = (
+    "model bundle (folder or URL). IMAGE mode: the model (default: $IMG2POSE_BUNDLE, else the official bundle). "
+    "--from-output: optional, its 3D reference adds the 68 landmarks and --mesh"
+)
 
 
 def register(subparsers) -> None:
@@ -34,6 +41,7 @@ def register(subparsers) -> None:
             "poses, no model run). PNGs are named <sha256 of the image bytes, 16 hex>.png; stdout gets one "
             'JSON line per image: {"image", "render", "faces"} or {"image", "error"}.'
         ),
+        formatter_class=HelpFormatter,
     )
     p.add_argument("images", nargs="*", metavar="IMAGE", help="local image files (runs the model)")
     p.add_argument("--out", required=True, help="folder for the PNG files (created)")
@@ -45,20 +53,11 @@ def register(subparsers) -> None:
     p.add_argument("--s3-endpoint-url", default=None, help="S3-compatible endpoint for s3:// URLs (default $AWS_ENDPOINT_URL)")
     p.add_argument("--catalog", default=None, metavar="URI", help="the job's --catalog, for Iceberg tables (default: plain Parquet under OUTPUT)")
     p.add_argument("--namespace", default="img2pose", help="the job's --namespace (Iceberg)")
-    p.add_argument(
-        "--bundle",
-        default=None,
-        help="model bundle (folder or URL). IMAGE mode: the model (default: $IMG2POSE_BUNDLE, else the official "
-        "bundle). --from-output: optional, its 3D reference adds the 68 landmarks and --mesh",
-    )
+    add_model_flags(p, ("bundle",), help={"bundle": _BUNDLE_HELP})
     p.add_argument("--mesh", action="store_true", help="also join the 68 landmarks into face contours")
     p.add_argument("--axis-length", type=float, default=None, help="axis length in reference-head units (default 0.8)")
     p.add_argument("--max-side", type=int, default=None, help="shrink renders so the long side is at most this")
-    p.add_argument("--min-size", type=int, default=None, help="IMAGE mode: short side after resize (default: bundle's)")
-    p.add_argument("--max-size", type=int, default=None, help="IMAGE mode: cap of the long side (default: bundle's)")
-    p.add_argument("--threshold", type=float, default=0.8, help="IMAGE mode: keep faces scoring above this (default 0.8)")
-    p.add_argument("--max-faces", type=int, default=None, help="IMAGE mode: keep at most this many faces per image")
-    p.add_argument("--device", default="auto", help="IMAGE mode: cpu, cuda, cuda:N or auto (default)")
+    add_model_flags(p, ("min_size", "max_size", "threshold", "max_faces", "device"), scope="IMAGE mode: ")
     p.add_argument("--max-pixels", type=int, default=None, help="refuse images above this many pixels, before decoding")
     p.set_defaults(run=run_render)
 

@@ -18,6 +18,8 @@ if __package__ in (None, ""):
     # Run as a script (python jobs/annotate.py): make the repository root importable.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from img2pose_core.flags import COMMON, HelpFormatter, add_model_flags, finite_number, model_flag_error, positive_int
+
 __all__ = ["build_parser", "parse_args", "main", "new_run_id"]
 
 
@@ -34,35 +36,11 @@ def _concurrency(text: str) -> tuple[int, int]:
     return values[0], values[1]
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _finite_number(unit: str, zero_allowed: bool = False):
-    """An argparse type: a finite number of ``unit``, positive (or 0 where allowed); NaN and infinity refused."""
-    expected = f"0 or a positive number of {unit}" if zero_allowed else f"a positive number of {unit}"
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number of {unit}, got {text!r}") from None
-        if not (value >= 0 if zero_allowed else value > 0) or value == float("inf"):  # NaN fails both tests
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
-
-    return parse
-
-
-_positive_float = _finite_number("seconds")
-_non_negative_float = _finite_number("seconds", zero_allowed=True)
-_cpus = _finite_number("CPUs")
+# The shared argparse types (img2pose_core.flags), by the names this module's flags use.
+_positive_int = positive_int
+_positive_float = finite_number("seconds")
+_non_negative_float = finite_number("seconds", zero_allowed=True)
+_cpus = finite_number("CPUs")
 
 
 def _column_names(text: str) -> list[str]:
@@ -83,16 +61,6 @@ def _namespace(text: str) -> str:
     return text
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a value in [0, 1), got {value}")
-    return value
-
-
 def _gpus(text: str) -> float:
     try:
         value = float(text)
@@ -103,16 +71,17 @@ def _gpus(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The job's flags: the one definition, also used to check cluster manifests."""
+def build_parser(prog: str = "annotate.py") -> argparse.ArgumentParser:
+    """The job's flags: the one definition, also used to check cluster manifests (and by ``img2pose annotate``)."""
     p = argparse.ArgumentParser(
-        prog="annotate.py",
+        prog=prog,
         description=(
             "Find every face in a corpus of images with img2pose and write Parquet tables: faces/ (one row "
             "per face: box, 6DoF pose, yaw/pitch/roll, 5 landmarks, alignment), images/ (one row per input "
-            "image with its status) and runs/<run_id>.json (the run's manifest)."
+            "image with its status) and runs/<run_id>.json (the run's manifest). Model settings are the "
+            "bundle's unless a flag says otherwise; a new bundle's threshold is 0.8."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     io_ = p.add_argument_group("input and output")
     io_.add_argument(
@@ -158,12 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--namespace", default="img2pose", type=_namespace, help="Iceberg namespace of the tables")
 
     m = p.add_argument_group("model")
-    m.add_argument("--bundle", default=None, help="model bundle folder or URL (default: $IMG2POSE_BUNDLE, else the official bundle, fetched on first use)")
-    m.add_argument("--min-size", type=_positive_int, default=None, help="short side after resize (default: the bundle's)")
-    m.add_argument("--max-size", type=_positive_int, default=None, help="cap of the long side after resize (default: the bundle's)")
-    m.add_argument("--threshold", type=_fraction, default=0.8, help="keep faces scoring above this")
-    m.add_argument("--max-faces", type=_positive_int, default=None, help="keep at most this many faces per image (highest scores)")
-    m.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast on GPU")
+    add_model_flags(m, (*COMMON, "precision"))
     m.add_argument(
         "--fast-decode", action="store_true",
         help="decode JPEGs that the model shrinks 2x or more at 1/2, 1/4 or 1/8 scale (several times faster "
@@ -182,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
         "padded size, replayed as a CUDA graph (max-autotune also tunes kernels, minutes at start)",
     )  # fmt: skip
     m.add_argument("--max-pixels", type=_positive_int, default=100_000_000, help="refuse images declaring more pixels, before decoding")
+
+    o = p.add_argument_group("output on the console")
+    o.add_argument(
+        "--progress-interval", type=_positive_float, default=30.0, metavar="SECONDS",
+        help="in logs (not a terminal), one progress line per this many seconds; a terminal shows a live bar",
+    )  # fmt: skip
+    o.add_argument("--verbose", action="store_true", help="also show Ray's own logs and block-level progress")
 
     r = p.add_argument_group("resources")
     r.add_argument("--batch-size", type=_positive_int, default=None, help="images per model call (default 16 on GPU, 4 on CPU)")
@@ -216,16 +187,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None, prog: str = "annotate.py") -> argparse.Namespace:
     """Parse and cross-check the flags (no I/O)."""
-    parser = build_parser()
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.gpu_decode and args.fast_decode:
         parser.error("--gpu-decode and --fast-decode exclude each other: the GPU decodes at full size; choose one")
     if args.align == "arcface" and args.crops == 224:
         parser.error("--align arcface defines 112 px crops only; use --crops 112 or --align pose")
-    if args.min_size and args.max_size and args.max_size < args.min_size:
-        parser.error(f"--max-size {args.max_size} is below --min-size {args.min_size}")
+    problem = model_flag_error(args)
+    if problem:
+        parser.error(problem)
     if args.run_id is not None and not _safe_name(args.run_id):
         parser.error("--run-id may hold only letters, digits, '-', '_' and '.'")
     return args
@@ -239,14 +211,14 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "annotate.py") -> int:
+    args = parse_args(argv, prog)
     from jobs.run import JobError, run_job
 
     try:
         return run_job(args)
     except JobError as exc:
-        print(f"annotate.py: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return exc.exit_code
 
 

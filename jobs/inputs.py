@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from img2pose_core.imageio import IMAGE_EXTENSIONS
 from img2pose_core.uris import is_url, normalise_local, redact_text, redact_uri, scheme_of
 
 from .storage import StorageConfig, with_retries
@@ -59,10 +60,6 @@ __all__ = [
     "SOURCE_COLUMNS",
 ]
 
-IMAGE_EXTENSIONS = (
-    ".jpg", ".jpeg", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm", ".pnm",
-    ".avif",
-)  # fmt: skip
 # Files that datasets keep beside their images and shards (img2dataset writes .json/.txt per image and
 # .parquet/_stats.json per shard; WebDataset shards hold .json/.txt/.cls beside each image). They are
 # skipped only where an image or shard of the same stem sits beside them; anywhere else they are

@@ -33,17 +33,22 @@ import json
 import posixpath
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np  # imported where used: --help must not wait for numpy
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np
+from img2pose_core.flags import RawDescriptionHelpFormatter
 
 __all__ = ["build_parser", "main", "read_annotation_list", "label_image", "prepare_split", "convert_biwi", "parse_args"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="prepare_dataset.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser(prog: str = "prepare_dataset.py") -> argparse.ArgumentParser:
+    """The script's flags."""
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     p.add_argument("--train-list", default=None, help="list file of per-image annotation JSONs (training split; required "
                    "for wider and 300wlp)")
     p.add_argument("--val-list", default=None, help="list file of the validation split")
@@ -90,6 +95,8 @@ def read_annotation_list(list_uri: str, limit: int | None = None):
 
 def _face_landmarks(record: dict, n: int) -> list[np.ndarray]:
     """Each face's landmarks as ``(K, 2)`` float64 (5 or 68 points; the count may differ between faces)."""
+    import numpy as np
+
     lms = record.get("landmarks") or []
     if len(lms) != n:
         raise ValueError(f"{n} boxes but {len(lms)} landmark lists")
@@ -104,6 +111,8 @@ def label_image(record: dict, width: int, height: int, points_68: np.ndarray, po
     pose, or the integer box of a face without pose), ``ann_boxes`` (integer boxes), ``landmarks`` (each
     face's points, flattened), ``local_pose`` / ``global_pose`` (-9 for a face without pose), ``has_pose``.
     ``kind`` ``"300wlp"``: rotation from the record's ``pose_para`` (one row per face), as fine-tuning."""
+    import numpy as np
+
     from img2pose_core import labels as L
 
     boxes = np.asarray([b[:4] for b in record.get("bboxes") or []], dtype=np.float64).reshape(-1, 4)
@@ -145,6 +154,7 @@ def prepare_split(list_uri: str, out_uri: str, points_68: np.ndarray, points_5: 
                   limit: int | None = None, kind: str = "wider") -> dict:
     """Label and write one split; returns its counts and the local poses of its posed faces."""
     import fsspec
+    import numpy as np
     from PIL import Image
 
     rows, shard, counts = [], 0, {"images": 0, "written": 0, "skipped_no_pose": 0, "faces": 0, "posed_faces": 0,
@@ -180,6 +190,8 @@ def prepare_split(list_uri: str, out_uri: str, points_68: np.ndarray, points_5: 
 
 
 def _reference_points(args) -> tuple[np.ndarray, np.ndarray]:
+    import numpy as np
+
     if args.bundle:
         from img2pose_core.bundle import open_bundle
 
@@ -191,6 +203,8 @@ def _reference_points(args) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _save_npy(arr: np.ndarray, uri: str) -> None:
+    import numpy as np
+
     buf = io.BytesIO()
     np.save(buf, arr)
     with _open_write(uri) as f:
@@ -210,9 +224,11 @@ def convert_biwi(frame_list: str, root: str | None, output: str) -> dict:
     return {"frames": len(records), "output": str(path)}
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+def parse_args(
+    argv: list[str] | None = None, prog: str = "prepare_dataset.py"
+) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     """The parser and the arguments, with the checks that depend on ``--format`` (exit 2 with a message)."""
-    parser = build_parser()
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.format == "biwi" and not args.frame_list:
         parser.error("--format biwi needs --frame-list (the BIWI frame list)")
@@ -221,8 +237,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     return parser, args
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser, args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "prepare_dataset.py") -> int:
+    parser, args = parse_args(argv, prog)
     if args.format == "biwi":
         try:
             stats = convert_biwi(args.frame_list, args.root, args.output)
@@ -236,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     train = prepare_split(args.train_list, f"{out}/train", p68, p5, args.rows_per_shard, args.limit, args.format)
     stats["train"] = train["counts"]
     if len(train["poses"]) == 0:
-        raise SystemExit("prepare_dataset.py: no face with a pose in the training list")
+        raise SystemExit(f"{prog}: no face with a pose in the training list")
     from img2pose_core.labels import pose_statistics
 
     mean, std = pose_statistics(train["poses"])  # float64, population std, box-frame poses: as the original

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import platform
 import sys
@@ -186,8 +187,9 @@ def _sources_dataset(
     specs: list[InputSpec], storage: StorageConfig, url_column: str, policy: ManifestPolicy, partitions: int,
     keep: list[str],
 ):
-    """One Ray dataset of source rows for all inputs, prefixes listed in parallel tasks; and the number
-    of sources where the driver knows it (every input listed here: no sub-folder, no manifest), else None.
+    """One Ray dataset of source rows for all inputs, prefixes listed in parallel tasks; the number of
+    sources where the driver knows it (every input listed here: no sub-folder, no manifest), else None;
+    and the number of image files among them where that is known (no tar shard), else None.
 
     Where inputs can name one file twice (manifests, globs beside other inputs), the rows are grouped
     by URI with a hash shuffle (exact whatever the size) and every copy after the first is counted as
@@ -213,8 +215,11 @@ def _sources_dataset(
     first, *rest = datasets
     ds = first.union(*rest) if rest else first
     known = len(direct) if len(datasets) == 1 and direct else None
+    # Images to expect, for the progress display: known when every source is one listed file.
+    expected = (sum(1 for r in direct if r["kind"] == "file")
+                if known is not None and not any(r["kind"] == "tar" for r in direct) else None)  # fmt: skip
     if not needs_dedupe(specs):
-        return ds, known
+        return ds, known, expected
     from ray.data.aggregate import Count, Min
     from ray.data.context import DataContext, ShuffleStrategy
 
@@ -223,7 +228,7 @@ def _sources_dataset(
     # partition holds only URIs (about 100 bytes each).
     choices = ds.map_batches(with_choice, batch_format="pyarrow", num_cpus=0.25)
     grouped = choices.groupby("source_uri", num_partitions=partitions).aggregate(Count(), Min("choice"))
-    return grouped.map_batches(expand_groups, batch_format="pyarrow", num_cpus=0.25), known
+    return grouped.map_batches(expand_groups, batch_format="pyarrow", num_cpus=0.25), known, expected
 
 
 def _manifest_dataset(spec: InputSpec, storage: StorageConfig, url_column: str, policy: ManifestPolicy, keep: list[str]):
@@ -253,6 +258,7 @@ def _manifest_dataset(spec: InputSpec, storage: StorageConfig, url_column: str, 
 def run_job(args: argparse.Namespace) -> int:
     """Validate everything, then run the pipeline and commit; returns the process exit code."""
     from img2pose_core.bundle import BundleError, resolve_bundle
+    from img2pose_core.flags import resolve_model_flags
 
     from .annotate import new_run_id
 
@@ -291,10 +297,11 @@ def run_job(args: argparse.Namespace) -> int:
     from .sink import AnnotationSink, TableFolders, remove_orphans
     from .stages import CropStage, LoadSettings, ModelStage, SourcesModelStage
 
-    ray.init(ignore_reinit_error=True, logging_level="WARNING", log_to_driver=True)
+    _start_ray(args.verbose)
     resources = ray.cluster_resources()
     settings = bundle.settings
-    min_size, max_size = args.min_size or settings.min_size, args.max_size or settings.max_size
+    effective = resolve_model_flags(args, settings)  # each model flag where given, else the bundle's value
+    min_size, max_size = effective["min_size"], effective["max_size"]
     plan = plan_actors(
         resources, num_gpus_per_actor=args.num_gpus_per_actor, concurrency=args.concurrency,
         cpus_per_actor=args.cpus_per_actor, torch_threads=args.torch_threads, batch_size=args.batch_size,
@@ -331,8 +338,8 @@ def run_job(args: argparse.Namespace) -> int:
         "precision": args.precision,
         "min_size": min_size,
         "max_size": max_size,
-        "threshold": args.threshold,
-        "max_faces": args.max_faces,
+        "threshold": effective["threshold"],
+        "max_faces": effective["max_faces"],
         "crop_size": args.crops or 112,
         "align_mode": args.align,
         "batch_size": batch_size,
@@ -341,25 +348,39 @@ def run_job(args: argparse.Namespace) -> int:
     bundle_files = None
     bundle_uri = str(bundle.uri)
     if scheme_of(bundle_uri) in ("", "file"):
-        # A local bundle may not exist on other nodes: ship its files through the object store, as
-        # one object the driver holds for the whole run (so restarted actors can still fetch it),
-        # not inside every actor's constructor arguments. Only the files bundle.json names travel.
+        # A local bundle may not exist on other nodes: ship its files through one actor of this run
+        # that holds them while the driver lives (restarted model actors fetch them again), looked up
+        # by name. Only the files bundle.json names travel.
+        from .stages import BundleFiles
+
         names = [entry["path"] for entry in bundle.manifest["files"].values()] + ["bundle.json"]
-        bundle_files = ray.put({name: (bundle.root / name).read_bytes() for name in names})
+        bundle_files = f"img2pose-bundle-{run_id}"
+        # Kept in a variable for the whole run: an actor without a live handle is destroyed.
+        bundle_holder = ray.remote(BundleFiles).options(name=bundle_files, num_cpus=0).remote(  # noqa: F841
+            {name: (bundle.root / name).read_bytes() for name in names})
 
     form = f"Iceberg {tables.namespace}" if tables is not None else "Parquet"
     _log(
         f"run {run_id}: {len(specs)} input(s) -> {redact_uri(output)} ({form}); model {bundle.model_sha256[:12]} "
         f"({plan.describe()}, batch {batch_size}, "
-        f"min/max size {predictor_kwargs['min_size']}/{predictor_kwargs['max_size']}, threshold {args.threshold})"
+        f"min/max size {predictor_kwargs['min_size']}/{predictor_kwargs['max_size']}, threshold {effective['threshold']})"
     )
+    if args.threshold is None and effective["threshold"] == 0.0:
+        # Bundles made before the threshold was part of the rule store 0.0: every detection is kept.
+        _log("the bundle's threshold is 0.0, so every detection becomes a face row; pass --threshold 0.8 "
+             "(or recreate the bundle with `img2pose bundle create --threshold 0.8`) for confident faces only")
     load = LoadSettings(
         storage=storage, max_pixels=args.max_pixels, keep_bytes=bool(args.crops),
         reduce_for=(predictor_kwargs["min_size"], predictor_kwargs["max_size"]) if args.fast_decode else None,
         read_timeout_s=args.read_timeout, output_root=output, device_decode=args.gpu_decode,
     )  # fmt: skip
     policy = ManifestPolicy(allow_local_files=args.allow_local_files)
-    ds, known_sources = _sources_dataset(specs, storage, args.url_column, policy, partitions, args.keep_columns)
+    try:
+        ds, known_sources, expected_images = _sources_dataset(specs, storage, args.url_column, policy, partitions,
+                                                              args.keep_columns)  # fmt: skip
+    except OSError as exc:  # an input removed or made unreadable since it was checked
+        raise JobError(f"an input could not be listed: {redact_text(f'{type(exc).__name__}: {exc}', secrets)}; "
+                       "nothing was written") from exc  # fmt: skip
     sources_per_task = args.sources_per_task
     if plan.load_in == "actor" and known_sources is not None:
         # Few sources: spread them over the actors, and start no actor that would get none.
@@ -369,7 +390,12 @@ def run_job(args: argparse.Namespace) -> int:
     if done_files is not None:
         done_fs = storage.fs(done_files[0])[0] if done_files else None
         ds = attach_done(ds, [storage.fs(f)[1] for f in done_files], done_fs, partitions)
+    from .progress import ProgressCounter, ProgressDisplay, ray_counter_reader
+
+    progress_name = f"img2pose-progress-{run_id}"
+    counter = ray.remote(ProgressCounter).options(name=progress_name, num_cpus=0).remote()
     model_kwargs = {
+        "progress": progress_name,
         "bundle_uri": bundle_uri, "bundle_files": bundle_files, "bundle_digest": bundle.digest,
         "predictor_kwargs": predictor_kwargs, "torch_threads": torch_threads,
         "storage_options": storage.options_for(bundle_uri), "shown_uri": bundle_shown, "keep_bytes": bool(args.crops),
@@ -400,10 +426,15 @@ def run_job(args: argparse.Namespace) -> int:
         ds = ds.map_batches(CropStage(output, storage, args.crops), batch_format="pyarrow",
                             num_cpus=0.25 if small else 1, batch_size=64)  # fmt: skip
     sink = AnnotationSink(folders, storage, run_id, bundle.model_sha256, rows_per_file=args.rows_per_file, kept=kept)
+    interactive = sys.stderr.isatty()
+    display = ProgressDisplay(ray_counter_reader(counter), total=expected_images,
+                              interval_s=0.5 if interactive else args.progress_interval, interactive=interactive)
     t0 = time.perf_counter()
+    display.start()
     try:
         ds.write_datasink(sink, ray_remote_args={"num_cpus": 0.25})
     except Exception as exc:  # noqa: BLE001 - any failure of the distributed run ends here
+        display.stop()
         cause = redact_text(_root_cause(exc), [*args.input, output, *secrets])
         failed = RunManifest(run_id=run_id, status="failed", started_at=started_wall.isoformat(),
                              ended_at=datetime.now(timezone.utc).isoformat(), error=cause,
@@ -423,6 +454,7 @@ def run_job(args: argparse.Namespace) -> int:
         raise JobError(f"run {run_id} failed: {cause}. {written}; run the same command {again} to complete it.",
                        exit_code=1) from exc  # fmt: skip
     elapsed = time.perf_counter() - t0
+    display.stop()
     totals = sink.totals
     statuses = totals["statuses"]
     images = sum(statuses.values())
@@ -449,6 +481,31 @@ def run_job(args: argparse.Namespace) -> int:
     storage.write_bytes(join_uri(output, "runs", f"{run_id}.json"), manifest.to_json())
     _print_summary(manifest)
     return 0
+
+
+def _start_ray(verbose: bool) -> None:
+    """Start or join Ray. Unless ``verbose``, Ray's own INFO logs and block-level progress stay out of the
+    console (the job shows its own progress in images); a Ray that cannot start is a JobError."""
+    import ray
+    from ray.data import DataContext
+
+    try:
+        ray.init(ignore_reinit_error=True, logging_level="INFO" if verbose else "WARNING", log_to_driver=True)
+    except Exception as exc:  # noqa: BLE001 - e.g. "The current node timed out during startup"
+        raise JobError(
+            f"Ray could not start or be reached ({_root_cause(exc)}). On a loaded machine, run again; to use a "
+            "running cluster, set RAY_ADDRESS (or run through `ray job submit`); `ray status` shows whether "
+            "one is up", exit_code=1,
+        ) from exc  # fmt: skip
+    ctx = DataContext.get_current()
+    if not verbose:
+        ctx.enable_progress_bars = False
+        ctx.enable_operator_progress_bars = False
+        ctx.print_on_execution_start = False
+        ctx.enable_auto_log_stats = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        # Its one warning says that the progress bars we turned off are off.
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
 def _open_iceberg(args: argparse.Namespace, output: str, storage: StorageConfig):

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from img2pose_core.imageio import ImageDecodeError, decode_image, probe_jpeg
 
@@ -27,6 +28,7 @@ from img2pose_core.uris import redact_text, redact_uri
 
 from .done import done_member_names, is_done
 from .inputs import classify_directory
+from .progress import batch_counts
 from .reading import ReadLimits, read_concurrently, read_source
 from img2pose_core.output import FACES_SCHEMA
 from .storage import StorageConfig, join_uri
@@ -287,19 +289,40 @@ def materialise_bundle(files: dict[str, bytes], bundle_digest: str, cache_dir: P
     return root
 
 
+class BundleFiles:
+    """A Ray actor that holds a local bundle's files for the run's model actors (created by the driver
+    with ``num_cpus=0`` under a per-run name). Model actors look it up by name rather than receiving
+    a reference in their constructor arguments: Ray Data restarts its actors, and Ray warns on every
+    run about restartable actors whose constructor arguments hold object references."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self._files = files
+
+    def files(self) -> dict[str, bytes]:
+        return self._files
+
+
+def named_actor(name: str) -> Any:
+    """The run's helper actor of that name (a bundle holder or the progress counter)."""
+    import ray
+
+    return ray.get_actor(name)
+
+
 class ModelStage:
     """A model actor: loads the bundle once, then runs the batched predictor on every batch."""
 
     def __init__(
         self,
         bundle_uri: str | None,
-        bundle_files: Any,  # dict of file name -> bytes, or the driver's ObjectRef of one
+        bundle_files: dict[str, bytes] | str | None,  # the files, or the name of a BundleFiles actor
         bundle_digest: str,
         predictor_kwargs: dict[str, Any],
         torch_threads: int | None,
         storage_options: dict | None = None,
         shown_uri: str = "",
         keep_bytes: bool = True,
+        progress: str | None = None,
     ) -> None:
         import torch
 
@@ -312,10 +335,10 @@ class ModelStage:
         where = shown_uri or "the bundle"
         try:
             if bundle_files is not None:
-                if not isinstance(bundle_files, dict):  # the driver's object-store reference
+                if isinstance(bundle_files, str):  # the run's BundleFiles actor
                     import ray
 
-                    bundle_files = ray.get(bundle_files)
+                    bundle_files = ray.get(named_actor(bundle_files).files.remote())
                 bundle = open_bundle(materialise_bundle(bundle_files, bundle_digest))
             else:
                 bundle = open_bundle(bundle_uri, storage_options=storage_options)
@@ -328,6 +351,19 @@ class ModelStage:
         except Exception as exc:  # noqa: BLE001 - say which bundle, not a cache path
             raise RuntimeError(f"model actor could not load --bundle {where}: {redact_text(str(exc), [bundle_uri or ''])}") from None
         self.model_sha256 = self.predictor.model_sha256
+        self.progress_name, self._progress = progress, None  # the run's ProgressCounter actor, by name
+
+    def _report(self, table: pa.Table) -> None:
+        """Add this batch to the run's progress counts; never fails the batch (progress is informative)."""
+        if self.progress_name is None:
+            return
+        try:
+            if self._progress is None:
+                self._progress = named_actor(self.progress_name)
+            faces = pc.sum(table["num_faces"]).as_py() or 0
+            self._progress.add.remote(batch_counts(table["status"].to_pylist(), faces))
+        except Exception:  # noqa: BLE001
+            pass
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         statuses = [str(s) for s in batch["status"]]
@@ -359,7 +395,9 @@ class ModelStage:
         for i, faces in results.items():
             if faces.skipped:
                 statuses[i], errors[i] = "too_small", faces.skipped
-        return self._table(batch, statuses, errors, results)
+        table = self._table(batch, statuses, errors, results)
+        self._report(table)
+        return table
 
     def _decode(self, datas: list) -> list:
         """JPEG bytes decoded on the predictor's device, in one batched call (nvJPEG on a GPU), EXIF

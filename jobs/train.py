@@ -25,12 +25,15 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from img2pose_core.flags import RawDescriptionHelpFormatter, positive_int
+
 STATE_NAME = "train_state.pt"
 WEIGHTS_NAME = "img2pose.pth"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
+    """The script's flags (sizes validated as the other commands' model flags)."""
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="output of prepare_dataset.py (train/, val/, pose_mean.npy, pose_stddev.npy)")
     p.add_argument("--output", required=True, help="storage for checkpoints (local folder or s3://...)")
     p.add_argument("--name", default="img2pose", help="run name (a folder under --output)")
@@ -54,10 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--clip", type=float, default=10.0)
     p.add_argument("--min-sizes", default="640,672,704,736,768,800", help="random short side per step")
-    p.add_argument("--max-size", type=int, default=1400)
+    p.add_argument("--max-size", type=positive_int, default=1400, help="cap of the long side after resize")
     p.add_argument("--val-mode", choices=["train", "eval"], default="train",
                    help="validation loss with the model in train mode (the original) or eval mode (steadier; --val-min-size)")
-    p.add_argument("--val-min-size", type=int, default=None, help="short side for validation (default: the largest --min-sizes)")
+    p.add_argument("--val-min-size", type=positive_int, default=None, help="short side for validation (default: the largest --min-sizes)")
     p.add_argument("--no-flip", action="store_true", help="no horizontal flips (the original flips half the images)")
     p.add_argument("--no-crop", action="store_true", help="no random crops (the original crops: scale 0.7-1, top edge kept)")
     p.add_argument(
@@ -359,8 +362,8 @@ def _local_arrays(args, work: Path) -> dict[str, str]:
     return out, (str(b.weights_path) if args.init_bundle else None)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "train.py") -> int:
+    args = build_parser(prog).parse_args(argv)
     import ray
     import ray.data
     from ray.train import RunConfig, ScalingConfig

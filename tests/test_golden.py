@@ -108,7 +108,7 @@ def test_img2pose_predict_command_reproduces_golden_runs(golden_dir, golden_bund
         cmd = [
             sys.executable, "-m", "img2pose_core.cli", "predict", "--bundle", str(golden_bundle),
             "--device", "cpu", "--min-size", str(run["min_size"]), "--max-size", str(run["max_size"]),
-            "--rpn-pre-nms-top-n", "6000", "--rpn-post-nms-top-n", "1000",
+            "--rpn-pre-nms-top-n", "6000", "--rpn-post-nms-top-n", "1000", "--threshold", "0",
             str(golden_dir / "images" / run["image"]),
         ]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

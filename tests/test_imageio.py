@@ -97,3 +97,25 @@ def test_animation_decodes_its_first_frame():
     frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
     px = decode_image(buf.getvalue()).pixels
     assert px[0, 0, 0] > 200 and px[0, 0, 2] < 50
+
+
+def test_read_image_bytes_reads_paths_and_urls_and_names_what_it_cannot_read(tmp_path):
+    import fsspec
+
+    from img2pose_core.imageio import read_image_bytes
+
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"local")
+    fsspec.filesystem("memory").pipe("/imageio-test/b.bin", b"remote")
+    assert read_image_bytes(path) == read_image_bytes(str(path)) == read_image_bytes(path.as_uri()) == b"local"
+    assert read_image_bytes("memory://imageio-test/b.bin") == b"remote"
+    for uri, words in [
+        (str(tmp_path / "missing.jpg"), "No such file"),
+        (str(tmp_path), "Is a directory"),
+        ("memory://imageio-test/missing.jpg", "not found"),
+        ("nosuchscheme://user:secret@host/x.jpg", "Protocol not known"),
+    ]:
+        with pytest.raises(ImageDecodeError) as info:
+            read_image_bytes(uri)
+        assert info.value.status == "unreadable" and words in info.value.message, uri
+        assert "secret" not in info.value.message and (uri in info.value.message or "REDACTED" in info.value.message)
