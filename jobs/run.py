@@ -8,6 +8,7 @@ driver commits the whole run once its files are written.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -257,6 +258,11 @@ def _manifest_dataset(spec: InputSpec, storage: StorageConfig, url_column: str, 
 
 def run_job(args: argparse.Namespace) -> int:
     """Validate everything, then run the pipeline and commit; returns the process exit code."""
+    with contextlib.ExitStack() as console:
+        return _run_job(args, console)
+
+
+def _run_job(args: argparse.Namespace, console: contextlib.ExitStack) -> int:
     from img2pose_core.bundle import BundleError, resolve_bundle
     from img2pose_core.flags import resolve_model_flags
 
@@ -298,6 +304,11 @@ def run_job(args: argparse.Namespace) -> int:
     from .stages import CropStage, LoadSettings, ModelStage, SourcesModelStage
 
     _start_ray(args.verbose)
+    if not args.verbose:
+        # After Ray has started: only this process's own stderr is filtered, never a child's.
+        from .console import StderrFilter
+
+        console.enter_context(StderrFilter())
     resources = ray.cluster_resources()
     settings = bundle.settings
     effective = resolve_model_flags(args, settings)  # each model flag where given, else the bundle's value
@@ -483,12 +494,34 @@ def run_job(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_ray_address(address: str, timeout_s: float = 10.0) -> None:
+    """Fail at once when ``RAY_ADDRESS`` names a ``host:port`` where nothing answers: Ray itself keeps
+    trying to reach the GCS for minutes before it gives up."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or "://" in address or not port.isdigit():
+        return  # "auto", "ray://...", "local" or unset: Ray's own rules apply
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise JobError(
+            f"RAY_ADDRESS={address}: no Ray cluster answers there ({type(exc).__name__}: {exc}). Unset RAY_ADDRESS "
+            "to start a local Ray, or check the cluster with `ray status`", exit_code=1,
+        ) from None  # fmt: skip
+
+
 def _start_ray(verbose: bool) -> None:
     """Start or join Ray. Unless ``verbose``, Ray's own INFO logs and block-level progress stay out of the
     console (the job shows its own progress in images); a Ray that cannot start is a JobError."""
     import ray
     from ray.data import DataContext
 
+    _check_ray_address(os.environ.get("RAY_ADDRESS", ""))
+    if not verbose:
+        # "Token authentication is enabled ... Set RAY_AUTH_MODE=disabled to opt out": the default of a
+        # local cluster, which needs no action.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     try:
         ray.init(ignore_reinit_error=True, logging_level="INFO" if verbose else "WARNING", log_to_driver=True)
     except Exception as exc:  # noqa: BLE001 - e.g. "The current node timed out during startup"

@@ -1,0 +1,106 @@
+"""Keep lines that need no action out of the job's console, at the file-descriptor level.
+
+Ray 2.60's core worker writes one ERROR line to the driver's stderr on every run that uses an actor
+pool (``core_worker.cc ... has constructor arguments in the object store and max_restarts > 0``,
+ray-project/ray#57733): it concerns Ray Data's own actors, and nothing in the job can prevent it.
+It is written by C++ straight to file descriptor 2, below Python's logging, so the only place to
+drop it is the descriptor: :class:`StderrFilter` puts a pipe in front of it and forwards everything
+else unchanged, partial lines included (a terminal's progress bar redraws a line without ending it).
+
+If the forwarding thread fails, the descriptor is given back to the real stderr at once, so a
+filter can never hold output back or block a writer for long. ``--verbose`` runs without it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from types import TracebackType
+
+__all__ = ["NO_ACTION_LINES", "StderrFilter", "drop_lines"]
+
+# Whole lines that need no action. Each names the Ray issue that makes it appear.
+NO_ACTION_LINES = (
+    # ray-project/ray#57733: Ray Data's actor pool, every run.
+    re.compile(rb"core_worker\.cc:\d+: Actor with class name: .* has constructor arguments in the object store "
+               rb"and max_restarts > 0"),  # fmt: skip
+)
+
+
+def drop_lines(data: bytes, patterns=NO_ACTION_LINES) -> tuple[bytes, bytes]:
+    """Split ``data`` into (what to forward now, an unfinished last line to keep for later).
+
+    Complete lines matching a pattern are dropped. An unfinished last line is kept only while it could
+    still become such a line (it starts like a C++ log line, ``[``); anything else goes out at once.
+    """
+    lines = data.split(b"\n")
+    tail = lines.pop()  # b"" when data ends with a newline
+    out = [line + b"\n" for line in lines if not any(p.search(line) for p in patterns)]
+    if tail.startswith(b"[") and b"\r" not in tail and len(tail) < 4096:
+        return b"".join(out), tail
+    return b"".join(out) + tail, b""
+
+
+class StderrFilter:
+    """A context manager: while active, file descriptor 2 is a pipe whose contents are forwarded to the
+    real stderr without the :data:`NO_ACTION_LINES`."""
+
+    def __init__(self, fd: int = 2) -> None:
+        self.fd = fd
+        self._saved: int | None = None
+        self._read: int | None = None
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "StderrFilter":
+        import sys
+
+        sys.stderr.flush()
+        self._saved = os.dup(self.fd)
+        self._read, write = os.pipe()
+        os.dup2(write, self.fd)
+        os.close(write)
+        self._thread = threading.Thread(target=self._forward, name="img2pose-stderr-filter", daemon=True)
+        self._thread.start()
+        return self
+
+    def _forward(self) -> None:
+        pending = b""
+        try:
+            while True:
+                chunk = os.read(self._read, 65536)
+                if not chunk:  # every writer closed: the filter is being removed
+                    break
+                now, pending = drop_lines(pending + chunk)
+                if now:
+                    os.write(self._saved, now)
+        except Exception:  # noqa: BLE001 - never hold output back: give stderr back as it was
+            self._restore()
+        finally:
+            if pending:
+                try:
+                    os.write(self._saved, pending)
+                except OSError:
+                    pass
+
+    def _restore(self) -> None:
+        if self._saved is not None:
+            try:
+                os.dup2(self._saved, self.fd)
+            except OSError:
+                pass
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        import sys
+
+        sys.stderr.flush()
+        self._restore()  # the pipe's last writer is closed: the thread drains it and ends
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        for fd in (self._read, self._saved):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._read = self._saved = None
