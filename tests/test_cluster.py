@@ -1039,3 +1039,20 @@ def test_service_account_is_applied_before_anything_that_names_it(doc):
               if re.search(r"(create|apply) -f cluster/kuberay/(rayjob|raycluster|raycronjob)\.yaml", line)]  # fmt: skip
     assert makers, f"{doc.name}: no kubectl command that makes a Ray resource"
     assert installs and installs[0] < makers[0], [lines[i] for i in makers[:1]]
+
+
+def _rayjob_specs() -> list[tuple[str, dict]]:
+    specs = [(label, doc["spec"]) for label, doc in objects_of("RayJob")]
+    specs += [(label, doc["spec"]["jobTemplate"]) for label, doc in objects_of("RayCronJob")]
+    return specs
+
+
+@pytest.mark.parametrize("label,spec", _rayjob_specs(), ids=[label for label, _ in _rayjob_specs()])
+def test_rayjobs_release_a_stuck_cluster_and_survive_a_dropped_follower(label, spec):
+    """A GPU shortage fails the attempt early (KubeRay submits only once every Pod runs, so the job's
+    own resource wait never applies), and a submitter that loses its log stream is retried rather than
+    failing a run that is still working."""
+    pre = spec.get("preRunningDeadlineSeconds")
+    assert pre and pre < spec["activeDeadlineSeconds"], label
+    if spec.get("submissionMode", "K8sJobMode") == "K8sJobMode":
+        assert (spec.get("submitterConfig") or {}).get("backoffLimit", 2) >= 5, label
