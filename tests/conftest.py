@@ -50,3 +50,19 @@ def golden_bundle(golden_dir, golden_checkpoint, tmp_path_factory) -> Path:
     from benchmarks._common import bundle_from_golden
 
     return bundle_from_golden(tmp_path_factory.mktemp("bundle") / "golden", golden_dir, weights=golden_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def bundle_05(golden_checkpoint, golden_dir, tmp_path_factory) -> Path:
+    """A bundle made with ``img2pose bundle create --threshold 0.5`` (the golden weights and arrays)."""
+    from img2pose_core import cli
+
+    out = tmp_path_factory.mktemp("bundle05") / "b"
+    rc = cli.main([
+        "bundle", "create", "--weights", str(golden_checkpoint), "--pose-mean", str(golden_dir / "pose_mean.npy"),
+        "--pose-stddev", str(golden_dir / "pose_stddev.npy"),
+        "--points-68", str(golden_dir / "reference_3d_68_points_trans.npy"),
+        "--points-5", str(golden_dir / "reference_3d_5_points_trans.npy"), "--out", str(out), "--threshold", "0.5",
+    ])  # fmt: skip
+    assert rc == 0
+    return out

@@ -203,20 +203,6 @@ def test_new_bundles_keep_faces_above_0_8():
     assert FromModel is ModelSettings and ModelSettings().threshold == 0.8
 
 
-@pytest.fixture(scope="module")
-def bundle_05(golden_checkpoint, golden_dir, tmp_path_factory) -> Path:
-    """A bundle made with ``img2pose bundle create --threshold 0.5``."""
-    out = tmp_path_factory.mktemp("bundle05") / "b"
-    rc = cli.main([
-        "bundle", "create", "--weights", str(golden_checkpoint), "--pose-mean", str(golden_dir / "pose_mean.npy"),
-        "--pose-stddev", str(golden_dir / "pose_stddev.npy"),
-        "--points-68", str(golden_dir / "reference_3d_68_points_trans.npy"),
-        "--points-5", str(golden_dir / "reference_3d_5_points_trans.npy"), "--out", str(out), "--threshold", "0.5",
-    ])  # fmt: skip
-    assert rc == 0
-    return out
-
-
 @pytest.fixture()
 def predictor_thresholds(monkeypatch) -> list[float]:
     """The threshold of every Predictor the code under test makes (real predictors, recorded)."""
@@ -279,23 +265,6 @@ def test_job_takes_the_bundles_threshold(bundle_05, golden_bundle):
     assert resolve_model_flags(args, stored)["threshold"] == 0.5
     assert resolve_model_flags(parse_args([*base, "--threshold", "0.3"]), stored)["threshold"] == 0.3
     assert resolve_model_flags(args, open_bundle(golden_bundle).settings)["threshold"] == 0.8
-
-
-@needs_golden
-def test_job_run_records_the_threshold_it_used(ray_head, bundle_05, golden_dir, tmp_path):
-    """End to end: no --threshold, a bundle storing 0.5; the manifest's model says 0.5, its arguments None."""
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    (corpus / "a.jpg").write_bytes((golden_dir / "images" / "astronaut.jpg").read_bytes())
-    out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "jobs" / "annotate.py"), "--input", str(corpus), "--output", str(out),
-         "--bundle", str(bundle_05), "--min-size", "64", "--max-size", "128", "--run-id", "r1"],
-        env=ray_head.env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    manifest = json.loads((out / "runs" / "r1.json").read_text())
-    assert manifest["model"]["threshold"] == 0.5 and manifest["arguments"]["threshold"] is None
 
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import subprocess
 import sys
@@ -72,10 +73,12 @@ def small_images(tmp_path_factory) -> Path:
     return folder
 
 
-def test_a_run_of_200_images_prints_a_handful_of_lines(ray_head, golden_bundle, small_images, tmp_path):
+def test_a_run_of_200_images_prints_a_handful_of_lines(ray_head, bundle_05, small_images, tmp_path):
+    """Also the threshold rule end to end: no --threshold, a bundle storing 0.5, and the manifest's model
+    says 0.5 (its arguments None)."""
     env = dict(ray_head.env, IMG2POSE_CACHE=str(tmp_path / "cache"))
-    args = ["--input", str(small_images), "--output", str(tmp_path / "out"), "--bundle", str(golden_bundle),
-            "--min-size", "32", "--max-size", "64", "--progress-interval", "5"]
+    args = ["--input", str(small_images), "--output", str(tmp_path / "out"), "--bundle", str(bundle_05),
+            "--min-size", "32", "--max-size", "64", "--progress-interval", "5", "--run-id", "r200"]
     proc = subprocess.run([sys.executable, str(ROOT / "jobs" / "annotate.py"), *args], env=env, capture_output=True,
                           text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -88,6 +91,8 @@ def test_a_run_of_200_images_prints_a_handful_of_lines(ray_head, golden_bundle, 
     assert len(others) == 1 and others[0].startswith("[annotate] run "), others
     assert len(progress) <= 3 + proc_seconds(proc) // 5, progress
     assert "images   200 (ok 200)" in proc.stdout
+    manifest = json.loads((tmp_path / "out" / "runs" / "r200.json").read_text())
+    assert manifest["model"]["threshold"] == 0.5 and manifest["arguments"]["threshold"] is None
 
 
 def proc_seconds(proc: subprocess.CompletedProcess) -> int:
