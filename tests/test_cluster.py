@@ -516,32 +516,13 @@ def _annotate_argv(command: str) -> list[str] | None:
     return None
 
 
-def _logical_lines(text: str):
-    """Lines of shell text with backslash continuations joined."""
-    buf = ""
-    for line in text.splitlines():
-        stripped = line.rstrip()
-        if stripped.endswith("\\"):
-            buf += stripped[:-1] + " "
-            continue
-        buf += line
-        if buf.strip():
-            yield buf.strip()
-        buf = ""
-    if buf.strip():
-        yield buf.strip()
-
-
 def markdown_commands(path: Path) -> list[str]:
-    """Every command line of the fenced code blocks (any language but SQL/Python) that runs jobs/annotate.py."""
+    """Every command line of the shell-like fenced code blocks that runs jobs/annotate.py."""
+    from doc_commands import shell_lines
+
     if not path.is_file():
         return []
-    out = []
-    for lang, block in re.findall(r"^```([^\n`]*)\n(.*?)^```", path.read_text(encoding="utf-8"), flags=re.S | re.M):
-        if lang.strip().lower() in ("sql", "python", "py", "json", "yaml", "text"):
-            continue
-        out += [line for line in _logical_lines(block) if "jobs/annotate.py" in line and not line.startswith("#")]
-    return out
+    return [line for line in shell_lines(path) if "jobs/annotate.py" in line]
 
 
 def job_commands() -> list[tuple[str, str]]:
