@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 import yaml
@@ -23,7 +24,7 @@ import yaml
 from cluster_files import (
     AWS, CLUSTER, DOCKERFILE, KUBERAY, OPERATIONS, RAY_SERVICE_ACCOUNT, RUNTIME_ENV, S3_SECRET,
     YAML_FILES, cluster_specs, gpu_groups, image_workdir, k8s_objects, load_docs, load_one, objects_of,
-    pinned, pod_gpus, pyproject, ray_containers, rayjob_specs, rel,
+    pinned, pod_gpus, ray_containers, rayjob_specs, rel,
 )  # fmt: skip
 from job_commands import CRONJOBS, _annotate_argv, cronjob_rayjob_files, kustomization, parse_job_args
 from k8s_schemas import CRD_FILES, CRONJOB_SCHEMA, RBAC_SCHEMAS, crd_errors, needs_crds, schema_errors
@@ -259,14 +260,16 @@ def test_aws_launcher_config_validates_against_rays_schema():
         assert "IamInstanceProfile" in node, f"aws.yaml {name}: S3 access through an IAM instance profile"
 
 
-def test_every_node_runs_the_image_of_this_version():
-    """The Ray Pods and the EC2 nodes run the image built from cluster/Dockerfile, tagged with the package version."""
-    version = pyproject()["project"]["version"]
+def test_every_node_runs_one_image_pinned_by_digest():
+    """Every Ray Pod and EC2 node names the image of cluster/Dockerfile by digest: with a mutable tag
+    and IfNotPresent, a node that cached an earlier build of the same tag runs old code silently."""
     images = {container["image"] for _, spec in CLUSTER_SPECS for _, _, container in ray_containers(spec)}
-    images.add(load_one(AWS)["docker"]["image"])
-    for image in images:
-        name, _, tag = image.rpartition(":")
-        assert name.endswith("/img2pose-ray") and tag == version, f"{image}: expected .../img2pose-ray:{version}"
+    aws_image = load_one(AWS)["docker"]["image"]
+    for image in images | {aws_image}:
+        assert re.fullmatch(r"[\w.\-/]+/img2pose-ray(:[\w.\-]+)?@sha256:[0-9a-f]{64}", image), (
+            f"{image}: pin the image by digest (.../img2pose-ray@sha256:...; docs/operations.md, 'The image')"
+        )
+    assert len({image.partition("@")[2] for image in images}) == 1, f"the Ray Pods name different images: {images}"
 
 
 # --------------------------------------------------------------------------- one definition
