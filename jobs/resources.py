@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["ActorPlan", "actor_memory_estimate", "plan_actors", "unmet_needs", "describe_cluster"]
+__all__ = ["ActorPlan", "actor_memory_estimate", "plan_actors", "unmet_needs", "describe_cluster", "autoscaler_bundles"]
 
 GIB = 1 << 30
 # Measured on CPU: the predictor with its weights loaded holds about 1 GiB; a batch adds about 333 bytes
@@ -159,3 +159,22 @@ def describe_cluster(nodes: list[dict[str, float]]) -> str:
     gpus = sum(float(n.get("GPU", 0.0)) for n in nodes)
     memory = sum(float(n.get("memory", 0.0)) for n in nodes)
     return f"{len(nodes)} node(s): {cpus:g} CPU, {gpus:g} GPU, {memory / GIB:.1f} GiB memory"
+
+
+def autoscaler_bundles(plan: ActorPlan) -> list[dict[str, float]]:
+    """What to ask an autoscaler for so that the smallest pool fits (``ray.autoscaler.sdk.request_resources``):
+    one bundle per actor (its CPUs, GPUs and, on CPU, memory: one node must hold each) and one for the CPUs
+    the other stages need beside the actors.
+
+    The job only checks the cluster before it starts its pipeline, so nothing is pending while it waits:
+    an autoscaler that scales GPU nodes from zero sees no demand unless it is asked.
+    """
+    actor: dict[str, float] = {"CPU": plan.cpus_per_actor}
+    if plan.gpus_per_actor > 0:
+        actor["GPU"] = plan.gpus_per_actor
+    if not plan.on_gpu:
+        actor["memory"] = float(plan.memory_per_actor)
+    bundles = [dict(actor) for _ in range(plan.pool[0])]
+    if plan.reserve_cpus > 0:
+        bundles.append({"CPU": float(plan.reserve_cpus)})
+    return bundles

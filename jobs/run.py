@@ -8,6 +8,7 @@ driver commits the whole run once its files are written.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import dataclasses
 import json
@@ -41,7 +42,7 @@ from .inputs import (
 )
 from img2pose_core.output import LEGACY_PARTITION, RunManifest
 
-from .resources import ActorPlan, describe_cluster, plan_actors, unmet_needs
+from .resources import ActorPlan, autoscaler_bundles, describe_cluster, plan_actors, unmet_needs
 from .storage import StorageConfig, join_uri, with_retries
 
 __all__ = ["JobError", "run_job", "check_output", "plain_done_files", "kept_schema"]
@@ -592,22 +593,48 @@ def _alive_nodes() -> list[dict[str, float]]:
 
 def _wait_for_resources(plan: ActorPlan, wait_s: float) -> None:
     """Fail at once (or after ``wait_s`` seconds of polling, for an autoscaler to add nodes) when the
-    cluster cannot hold the smallest model pool: Ray Data would otherwise wait forever."""
+    cluster cannot hold the smallest model pool: Ray Data would otherwise wait forever.
+
+    While it waits, the job asks the autoscaler for the pool (``request_resources``): nothing of the
+    run is pending yet, so a worker group that scales from zero would otherwise never grow. The request
+    is withdrawn as soon as the wait ends, so that the nodes can scale down again once the run is over.
+    """
     nodes = _alive_nodes()
     problems = unmet_needs(plan, nodes)
     if problems and wait_s > 0:
         _log(f"waiting up to {wait_s:g} s for the cluster to hold the model actors: needs {'; '.join(problems)}")
-        deadline = time.monotonic() + wait_s
-        while problems and time.monotonic() < deadline:
-            time.sleep(min(5.0, max(deadline - time.monotonic(), 0.0)))
-            nodes = _alive_nodes()
-            problems = unmet_needs(plan, nodes)
+        asked = _request_resources(autoscaler_bundles(plan))
+        try:
+            deadline = time.monotonic() + wait_s
+            while problems and time.monotonic() < deadline:
+                time.sleep(min(2.0, max(deadline - time.monotonic(), 0.0)))
+                nodes = _alive_nodes()
+                problems = unmet_needs(plan, nodes)
+        finally:
+            if asked:
+                _request_resources([])
     if problems:
         waited = f" after waiting {wait_s:g} s" if wait_s > 0 else ""
         fixes = ("fewer actors (--concurrency MIN,MAX), less per actor (--cpus-per-actor, --num-gpus-per-actor, "
                  "--batch-size, --max-size), or more nodes; on an autoscaling cluster give --wait-for-resources SECONDS")  # fmt: skip
         raise JobError(f"the cluster cannot hold the model actors{waited}: it needs {'; '.join(problems)}. "
                        f"It has {describe_cluster(nodes)}. Ask for {fixes}")  # fmt: skip
+
+
+def _request_resources(bundles: list[dict[str, float]]) -> bool:
+    """Ask the cluster's autoscaler for ``bundles`` (``[]`` withdraws the request); False where it cannot
+    be asked. A cluster without an autoscaler keeps the request and ignores it."""
+    try:
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=bundles)
+    except Exception as exc:  # noqa: BLE001 - asking is a help, never a reason to fail the run
+        _log(f"could not ask the autoscaler for nodes ({type(exc).__name__}: {exc}); waiting without asking")
+        return False
+    if bundles:
+        shapes = collections.Counter(json.dumps(b, sort_keys=True) for b in bundles)
+        _log("asked the autoscaler for " + " + ".join(f"{n} x {shape}" for shape, n in shapes.items()))
+    return True
 
 
 def _redacted_arguments(arguments: dict) -> dict:

@@ -3,11 +3,14 @@
 Unit tests of :mod:`jobs.resources` (pure), then the job on a real fixed-size local Ray cluster
 (2 CPUs, no GPU): a pool that cannot fit ends in exit 2 within seconds with what to change, instead
 of Ray Data's wait that "may hang forever"; and the CPU layout (one actor per CPU, decoding in the
-actors) gives the same rows as decoding in tasks of its own.
+actors) gives the same rows as decoding in tasks of its own. Last, on a head with Ray's autoscaler
+and a worker type that scales from zero, the job's wait for resources asks the autoscaler for the pool
+(nothing else would: the pipeline has not started) and withdraws the request once the nodes are there.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -19,8 +22,8 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, needs_golden
-from jobs.resources import GIB, ActorPlan, actor_memory_estimate, plan_actors, unmet_needs
-from ray_fixtures import ray_head  # noqa: F401
+from jobs.resources import GIB, ActorPlan, actor_memory_estimate, autoscaler_bundles, plan_actors, unmet_needs
+from ray_fixtures import fake_autoscaling_head, ray_head  # noqa: F401
 from s3_fixtures import s3_server  # noqa: F401
 
 JOB = str(ROOT / "jobs" / "annotate.py")
@@ -102,6 +105,19 @@ def test_decoding_tasks_need_a_cpu_beside_the_actors():
     assert unmet_needs(_plan(NODE_2CPU, load_in="tasks"), [NODE_2CPU]) == []
 
 
+def test_autoscaler_bundles_ask_for_the_smallest_pool_and_its_reserve():
+    gpu = _plan({"CPU": 0.0}, num_gpus_per_actor=1.0, concurrency=(4, 6), cpus_per_actor=1.0)
+    bundles = autoscaler_bundles(gpu)
+    assert bundles[:4] == [{"CPU": 1.0, "GPU": 1.0}] * 4 and bundles[4:] == [{"CPU": gpu.reserve_cpus}]
+    cpu = _plan(NODE_2CPU)
+    bundles = autoscaler_bundles(cpu)
+    assert len(bundles) == cpu.pool[0] + 1 and "GPU" not in bundles[0]
+    assert bundles[0]["memory"] == cpu.memory_per_actor and bundles[0]["CPU"] == cpu.cpus_per_actor
+    # Whatever the bundles ask for is what the check then finds enough of.
+    nodes = [{"CPU": b["CPU"] + 0.0, "GPU": b.get("GPU", 0.0), "memory": b.get("memory", 0.0)} for b in autoscaler_bundles(gpu)]
+    assert unmet_needs(gpu, nodes) == []
+
+
 # --- the job on a fixed-size local cluster -----------------------------------------------------------
 def _job(args: list[str], env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, JOB, *args], env=env, capture_output=True, text=True, timeout=timeout)
@@ -146,7 +162,7 @@ def test_waiting_for_resources_is_bounded(ray_head, golden_bundle, golden_dir, t
                  *SMALL, "--num-gpus-per-actor", "1", "--wait-for-resources", "6"], ray_head.env)  # fmt: skip
     took = time.monotonic() - start
     assert proc.returncode == 2 and "after waiting 6 s" in proc.stderr, proc.stderr[-3000:]
-    assert "waiting up to 6 s" in proc.stderr
+    assert "waiting up to 6 s" in proc.stderr and "asked the autoscaler for 1 x" in proc.stderr
     assert 6 <= took < 120
 
 
@@ -174,3 +190,40 @@ def test_decoding_in_the_actors_gives_the_rows_of_decoding_in_tasks(ray_head, go
     # The layouts differ in torch threads (1 per actor, or 2), hence in float summation order only.
     for column in ("score", "box_x1", "box_y2", "rx", "tz"):
         assert np.allclose(a_faces[column], t_faces[column], rtol=1e-5, atol=1e-4), column
+
+
+_WAIT_DRIVER = """
+import json, sys, time
+import ray
+from ray.autoscaler._private.constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
+from ray.experimental.internal_kv import _internal_kv_get
+from jobs.resources import plan_actors, unmet_needs
+from jobs.run import _alive_nodes, _wait_for_resources
+
+ray.init(logging_level="ERROR")
+plan = plan_actors(ray.cluster_resources(), num_gpus_per_actor=1.0, concurrency=(1, 1), cpus_per_actor=1.0,
+                   torch_threads=None, batch_size=None, min_size=640, max_size=1400)
+before = unmet_needs(plan, _alive_nodes())
+time.sleep(float(sys.argv[1]))  # nothing asked for: the autoscaler adds nothing
+idle = unmet_needs(plan, _alive_nodes())
+start = time.monotonic()
+_wait_for_resources(plan, 120)
+took = time.monotonic() - start
+request = _internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)
+print("RESULT " + json.dumps({"before": before, "idle": idle, "took": took, "gpus": ray.cluster_resources().get("GPU", 0),
+                  "request": json.loads(request) if request else None}))
+"""
+
+
+def test_waiting_asks_the_autoscaler_for_the_pool_and_withdraws_the_request(fake_autoscaling_head):
+    """A GPU group that scales from zero (EC2 or KubeRay with minReplicas 0): the job's wait must ask."""
+    proc = subprocess.run([sys.executable, "-c", _WAIT_DRIVER, "5"], env=fake_autoscaling_head.env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Ray's driver also prints the autoscaler's events to stdout.
+    (line,) = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    result = json.loads(line.removeprefix("RESULT "))
+    assert result["before"] and result["idle"], "the head alone cannot hold a GPU actor, and nobody asked for one"
+    assert result["gpus"] >= 1 and result["took"] < 120
+    assert "asked the autoscaler for 1 x" in proc.stderr, proc.stderr[-2000:]
+    assert result["request"] == [], f"the request for nodes was left in place: {result['request']}"
