@@ -108,6 +108,11 @@ def build_parser(prog: str = "annotate.py") -> argparse.ArgumentParser:
     io_.add_argument("--s3-endpoint-url", default=None, help="S3-compatible endpoint (MinIO, Ceph); default $AWS_ENDPOINT_URL")
     io_.add_argument("--skip-existing", action="store_true", help="skip inputs that already have an 'ok' row in OUTPUT/images (resume / nightly increments)")
     io_.add_argument("--run-id", default=None, help="name of this run (default: UTC time + random suffix)")
+    io_.add_argument(
+        "--allow-concurrent-runs", action="store_true",
+        help="start even while another run writes to the same output (refused by default: with --skip-existing "
+        "both would annotate the same images; see docs/operations.md)",
+    )  # fmt: skip
     io_.add_argument("--crops", type=int, choices=[112, 224], default=None, help="also write aligned face crops of this size as JPEG under OUTPUT/crops/")
     io_.add_argument("--align", choices=["pose", "arcface"], default="pose", help="alignment templates: img2pose's five pose-dependent ones, or the single ArcFace one (112 only)")
     io_.add_argument("--rows-per-file", type=_positive_int, default=5000, help="target images per Parquet file")

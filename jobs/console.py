@@ -7,8 +7,12 @@ It is written by C++ straight to file descriptor 2, below Python's logging, so t
 drop it is the descriptor: :class:`StderrFilter` puts a pipe in front of it and forwards everything
 else unchanged, partial lines included (a terminal's progress bar redraws a line without ending it).
 
-If the forwarding thread fails, the descriptor is given back to the real stderr at once, so a
-filter can never hold output back or block a writer for long. ``--verbose`` runs without it.
+The same pipe, on file descriptors 1 and 2, also copies the driver's console into the run's log
+file (``copy_to``), which the job uploads to ``OUTPUT/runs/<run_id>.log``: what ``ray job logs``
+shows, kept beside the run's manifest after the cluster and its submitter are gone.
+
+If the forwarding thread fails, the descriptor is given back to the real stream at once, so a
+filter can never hold output back or block a writer for long. ``--verbose`` drops nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import re
 import threading
 from types import TracebackType
 
-__all__ = ["NO_ACTION_LINES", "StderrFilter", "drop_lines"]
+__all__ = ["NO_ACTION_LINES", "ConsoleFilter", "drop_lines"]
 
 # Whole lines that need no action. Each names the Ray issue that makes it appear.
 NO_ACTION_LINES = (
@@ -34,6 +38,8 @@ def drop_lines(data: bytes, patterns=NO_ACTION_LINES) -> tuple[bytes, bytes]:
     Complete lines matching a pattern are dropped. An unfinished last line is kept only while it could
     still become such a line (it starts like a C++ log line, ``[``); anything else goes out at once.
     """
+    if not patterns:
+        return data, b""
     lines = data.split(b"\n")
     tail = lines.pop()  # b"" when data ends with a newline
     out = [line + b"\n" for line in lines if not any(p.search(line) for p in patterns)]
@@ -42,25 +48,29 @@ def drop_lines(data: bytes, patterns=NO_ACTION_LINES) -> tuple[bytes, bytes]:
     return b"".join(out) + tail, b""
 
 
-class StderrFilter:
-    """A context manager: while active, file descriptor 2 is a pipe whose contents are forwarded to the
-    real stderr without the :data:`NO_ACTION_LINES`."""
+class ConsoleFilter:
+    """A context manager: while active, file descriptor ``fd`` is a pipe whose contents are forwarded
+    to the real stream without the lines matching ``patterns``, and copied to the file descriptor
+    ``copy_to`` when one is given (an append-mode file shared by both streams)."""
 
-    def __init__(self, fd: int = 2) -> None:
+    def __init__(self, fd: int = 2, patterns=NO_ACTION_LINES, copy_to: int | None = None) -> None:
         self.fd = fd
+        self.patterns = patterns
+        self.copy_to = copy_to
         self._saved: int | None = None
         self._read: int | None = None
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> "StderrFilter":
+    def __enter__(self) -> "ConsoleFilter":
         import sys
 
+        sys.stdout.flush()
         sys.stderr.flush()
         self._saved = os.dup(self.fd)
         self._read, write = os.pipe()
         os.dup2(write, self.fd)
         os.close(write)
-        self._thread = threading.Thread(target=self._forward, name="img2pose-stderr-filter", daemon=True)
+        self._thread = threading.Thread(target=self._forward, name=f"img2pose-console-{self.fd}", daemon=True)
         self._thread.start()
         return self
 
@@ -71,17 +81,24 @@ class StderrFilter:
                 chunk = os.read(self._read, 65536)
                 if not chunk:  # every writer closed: the filter is being removed
                     break
-                now, pending = drop_lines(pending + chunk)
+                now, pending = drop_lines(pending + chunk, self.patterns)
                 if now:
                     os.write(self._saved, now)
+                    if self.copy_to is not None:
+                        try:
+                            os.write(self.copy_to, now)
+                        except OSError:  # a full disk loses the copy, never the console
+                            self.copy_to = None
         except Exception:  # noqa: BLE001 - never hold output back: give stderr back as it was
             self._restore()
         finally:
             if pending:
-                try:
-                    os.write(self._saved, pending)
-                except OSError:
-                    pass
+                for fd in (self._saved, self.copy_to):
+                    if fd is not None:
+                        try:
+                            os.write(fd, pending)
+                        except OSError:
+                            pass
 
     def _restore(self) -> None:
         if self._saved is not None:
@@ -93,6 +110,7 @@ class StderrFilter:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         import sys
 
+        sys.stdout.flush()
         sys.stderr.flush()
         self._restore()  # the pipe's last writer is closed: the thread drains it and ends
         if self._thread is not None:

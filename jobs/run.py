@@ -258,12 +258,29 @@ def _manifest_dataset(spec: InputSpec, storage: StorageConfig, url_column: str, 
 
 
 def run_job(args: argparse.Namespace) -> int:
-    """Validate everything, then run the pipeline and commit; returns the process exit code."""
-    with contextlib.ExitStack() as console:
-        return _run_job(args, console)
+    """Validate everything, then run the pipeline and commit; returns the process exit code.
+
+    Once the run has its id and its output, it holds a lease on the output (refusing to start beside
+    another run) and copies its console to ``runs/<run_id>.log`` (:mod:`jobs.run_files`), whatever the
+    end: success, a JobError, or any other exception.
+    """
+    from .run_files import RunLog
+
+    run_log = RunLog()
+    try:
+        with contextlib.ExitStack() as console:
+            return _run_job(args, console, run_log)
+    except JobError as exc:
+        run_log.write(f"annotate.py: error: {exc}\n")
+        raise
+    except BaseException as exc:
+        run_log.write(f"annotate.py: {type(exc).__name__}: {exc}\n")
+        raise
+    finally:
+        run_log.close()
 
 
-def _run_job(args: argparse.Namespace, console: contextlib.ExitStack) -> int:
+def _run_job(args: argparse.Namespace, console: contextlib.ExitStack, run_log) -> int:
     from img2pose_core.bundle import BundleError, resolve_bundle
     from img2pose_core.flags import resolve_model_flags
 
@@ -287,6 +304,15 @@ def _run_job(args: argparse.Namespace, console: contextlib.ExitStack) -> int:
     run_id = args.run_id or new_run_id()
     check_new_run_id(output, run_id, checks, tables)
     secrets = [args.bundle or "", os.environ.get("IMG2POSE_BUNDLE", ""), args.catalog or ""]
+    from .run_files import LeaseError, RunLease
+
+    lease = RunLease(output, run_id, storage, log=_log)
+    try:
+        lease.acquire(allow_concurrent=args.allow_concurrent_runs)
+    except LeaseError as exc:
+        raise JobError(str(exc)) from exc
+    console.callback(lease.release)
+    run_log.upload_to(storage, join_uri(output, "runs", f"{run_id}.log"), [*args.input, output, *secrets])
     try:
         bundle = resolve_bundle(args.bundle, storage_options=storage.options_for(args.bundle) if args.bundle else None)
     except BundleError as exc:
@@ -305,11 +331,12 @@ def _run_job(args: argparse.Namespace, console: contextlib.ExitStack) -> int:
     from .stages import CropStage, LoadSettings, ModelStage, SourcesModelStage
 
     _start_ray(args.verbose)
-    if not args.verbose:
-        # After Ray has started: only this process's own stderr is filtered, never a child's.
-        from .console import StderrFilter
+    # After Ray has started, so that no child process inherits the pipes: the console is copied into the
+    # run's log from here on, and (unless --verbose) stripped of the lines that need no action.
+    from .console import NO_ACTION_LINES, ConsoleFilter
 
-        console.enter_context(StderrFilter())
+    console.enter_context(ConsoleFilter(1, patterns=(), copy_to=run_log.fd))
+    console.enter_context(ConsoleFilter(2, patterns=() if args.verbose else NO_ACTION_LINES, copy_to=run_log.fd))
     resources = ray.cluster_resources()
     settings = bundle.settings
     effective = resolve_model_flags(args, settings)  # each model flag where given, else the bundle's value

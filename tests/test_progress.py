@@ -93,6 +93,12 @@ def test_a_run_of_200_images_prints_a_handful_of_lines(ray_head, bundle_05, smal
     assert "images   200 (ok 200)" in proc.stdout
     manifest = json.loads((tmp_path / "out" / "runs" / "r200.json").read_text())
     assert manifest["model"]["threshold"] == 0.5 and manifest["arguments"]["threshold"] is None
+    # The console, kept beside the manifest: the run line, the progress lines and the summary; the lease
+    # is gone with the run.
+    log = (tmp_path / "out" / "runs" / "r200.log").read_text()
+    assert others[0] in log and progress[-1] in log and "images   200 (ok 200)" in log
+    assert "core_worker.cc" not in log
+    assert not list((tmp_path / "out" / "runs").glob("*.lease"))
 
 
 def proc_seconds(proc: subprocess.CompletedProcess) -> int:
@@ -119,15 +125,20 @@ def test_unreachable_ray_address_fails_at_once(tmp_path, golden_bundle):
     assert time.monotonic() - started < 120
     assert proc.returncode == 1 and "annotate.py: error: RAY_ADDRESS=127.0.0.1:" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and "unset ray_address" in proc.stderr.lower()
+    # A run that fails still leaves its console, error included, beside where its manifest would be,
+    # and releases its lease.
+    (log,) = (tmp_path / "out" / "runs").glob("*.log")
+    assert "annotate.py: error: RAY_ADDRESS=127.0.0.1:" in log.read_text()
+    assert not list((tmp_path / "out" / "runs").glob("*.lease"))
 
 
-def test_stderr_filter_drops_only_lines_that_need_no_action():
+def test_stderr_filter_drops_only_lines_that_need_no_action(tmp_path):
     """At the descriptor: C++ writes to fd 2 directly. A child process writes through the filter."""
     code = """
 import os, sys
 sys.path.insert(0, {root!r})
-from jobs.console import StderrFilter
-with StderrFilter():
+from jobs.console import ConsoleFilter
+with ConsoleFilter():
     os.write(2, b"[2026-12-01 02:45:08,544 E 1 1] core_worker.cc:2465: Actor with class name: 'MapWorker(X)' and ID: 'ab' has constructor arguments in the object store and max_restarts > 0. If the arguments ...\\n")
     os.write(2, b"kept line 1\\n")
     os.write(2, b"\\r[annotate] 5/10 images")  # a redrawn bar: no newline, forwarded at once
@@ -135,8 +146,15 @@ with StderrFilter():
     os.write(2, b" ends here\\n")
     sys.stderr.write("python stderr\\n")
 print("stdout untouched")
-""".format(root=str(ROOT))
+copy = os.open({copy!r}, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+with ConsoleFilter(1, patterns=(), copy_to=copy), ConsoleFilter(2, copy_to=copy):
+    print("to stdout", flush=True)
+    os.write(2, b"[2026-12-01 02:45:08,544 E 1 1] core_worker.cc:2465: Actor with class name: 'M' and ID: 'ab' has constructor arguments in the object store and max_restarts > 0.\\n")
+    os.write(2, b"to stderr\\n")
+""".format(root=str(ROOT), copy=str(tmp_path / "copy.log"))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == b"kept line 1\n\r[annotate] 5/10 images\n[2026 partial C++ line ends here\npython stderr\n"
-    assert proc.stdout == b"stdout untouched\n"
+    assert proc.stderr == b"kept line 1\n\r[annotate] 5/10 images\n[2026 partial C++ line ends here\npython stderr\nto stderr\n"
+    assert proc.stdout == b"stdout untouched\nto stdout\n"
+    # The copy holds both streams as forwarded: the dropped line is in neither.
+    assert sorted((tmp_path / "copy.log").read_bytes().splitlines()) == [b"to stderr", b"to stdout"]

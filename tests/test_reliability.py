@@ -526,6 +526,7 @@ OUTPUT_NAMES = [
     re.compile(r"faces/sec/part-[0-9a-f]{32}\.parquet"),
     re.compile(r"images/sec/part-[0-9a-f]{32}\.parquet"),
     re.compile(r"runs/sec\.json"),
+    re.compile(r"runs/sec\.log"),  # the driver's console, scanned for the secrets like every other file
     re.compile(r"crops/[0-9a-f]{64}/[0-9]+\.jpg"),
 ]
 
