@@ -1,6 +1,6 @@
 """The files under cluster/ as data, for the cluster tests: paths, a strict YAML loader, the
 Kubernetes objects by kind, the Ray cluster specs inside RayClusters, RayJobs and RayCronJobs, the
-Dockerfile's instructions, and pyproject's pins."""
+Dockerfile's instructions, pyproject's pins and the Fluent Bit configuration of the Ray Pods' log sidecars."""
 
 from __future__ import annotations
 
@@ -20,9 +20,13 @@ AWS = CLUSTER / "aws.yaml"
 OPERATIONS = ROOT / "docs" / "operations.md"
 README = ROOT / "README.md"
 
-# The Ray Pods' credentials: an optional Secret (envFrom) and a ServiceAccount for workload identity.
+# The Ray Pods' credentials: an optional Secret (envFrom) and ServiceAccounts for workload identity:
+# the head's (KubeRay binds the autoscaler's Role to it) and the workers' (no Kubernetes rights).
 S3_SECRET = "img2pose-s3"
 RAY_SERVICE_ACCOUNT = "img2pose-ray"
+RAY_WORKER_SERVICE_ACCOUNT = "img2pose-ray-worker"
+# What every Ray Pod needs before a Ray resource makes it: one file, applied first (docs, kustomize).
+PREREQUISITES = KUBERAY / "serviceaccount.yaml"
 GPU = "nvidia.com/gpu"
 
 
@@ -49,7 +53,12 @@ def rel(path: Path) -> str:
 @functools.cache
 def load_docs(path: Path) -> tuple:
     with open(path, encoding="utf-8") as fh:
-        return tuple(doc for doc in yaml.load_all(fh, Loader=_StrictLoader) if doc is not None)
+        return loads_docs(fh.read())
+
+
+def loads_docs(text: str) -> tuple:
+    """The YAML documents of a string (e.g. kubectl's output), with the same strict loader."""
+    return tuple(doc for doc in yaml.load_all(text, Loader=_StrictLoader) if doc is not None)
 
 
 def load_one(path: Path) -> dict:
@@ -121,6 +130,13 @@ def gpu_groups(spec: dict) -> list[dict]:
     return [g for g in spec.get("workerGroupSpecs", []) if pod_gpus(g["template"]) > 0]
 
 
+def ray_pod_specs(spec: dict) -> list[tuple[str, dict]]:
+    """(group, pod spec) of the head and of every worker group of a Ray cluster spec."""
+    out = [("head", spec["headGroupSpec"]["template"]["spec"])]
+    out += [(g["groupName"], g["template"]["spec"]) for g in spec.get("workerGroupSpecs", [])]
+    return out
+
+
 def ray_containers(spec: dict) -> list[tuple[str, dict, dict]]:
     """(group, pod spec, Ray container) of the head and every worker group (the Ray container is the first)."""
     out = [("head", spec["headGroupSpec"]["template"]["spec"], spec["headGroupSpec"]["template"]["spec"]["containers"][0])]
@@ -161,3 +177,33 @@ def image_workdir() -> str:
     assert workdirs, "cluster/Dockerfile sets no WORKDIR"
     return workdirs[-1]
 
+
+# --------------------------------------------------------------------------- Ray log shipping
+
+
+def fluent_bit_config() -> tuple[str, str]:
+    """(ConfigMap name, fluent-bit.conf text) of the one Fluent Bit ConfigMap in serviceaccount.yaml."""
+    maps = [doc for doc in load_docs(PREREQUISITES) if doc["kind"] == "ConfigMap" and "fluent-bit.conf" in doc.get("data", {})]
+    assert len(maps) == 1, f"{rel(PREREQUISITES)}: expected one ConfigMap with a fluent-bit.conf key"
+    return maps[0]["metadata"]["name"], maps[0]["data"]["fluent-bit.conf"]
+
+
+def parse_classic_config(text: str) -> list[tuple[str, dict[str, str]]]:
+    """Fluent Bit's classic format: [SECTION] headers, then `key value` lines (keys case-insensitive)."""
+    sections: list[tuple[str, dict[str, str]]] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        header = re.fullmatch(r"\[(\w+)\]", line)
+        if header:
+            sections.append((header.group(1).upper(), {}))
+            continue
+        assert sections, f"fluent-bit.conf: {line!r} before any [SECTION]"
+        key, _, value = line.partition(" ")
+        sections[-1][1][key.lower()] = value.strip()
+    return sections
+
+
+def sections_named(config: list[tuple[str, dict]], section: str, plugin: str) -> list[dict]:
+    return [keys for name, keys in config if name == section and keys.get("name") == plugin]

@@ -1,6 +1,7 @@
 """Schemas to validate Kubernetes objects against without a cluster: the real KubeRay CRDs
-(../shared/kuberay-crds, or $IMG2POSE_SHARED/kuberay-crds) turned into JSON Schema, and small
-hand-made schemas of the fields of the plain Kubernetes objects (CronJob, RBAC) that the manifests use."""
+(../shared/kuberay-crds, or $IMG2POSE_SHARED/kuberay-crds) turned into JSON Schema, and Kubernetes'
+own schemas of the built-in kinds (ServiceAccount, RBAC, ConfigMap, CronJob, Pod ...) as bundled by
+the kubernetes-validate package."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import functools
 import os
 from pathlib import Path
 
+import kubernetes_validate
 import pytest
 import yaml
 from jsonschema import Draft202012Validator
@@ -114,111 +116,40 @@ def crd_errors(doc: dict) -> list[str]:
     return errors
 
 
+# Kubernetes' own schemas for the built-in kinds (ServiceAccount, Role, RoleBinding, ConfigMap, CronJob,
+# Pod ...): the official OpenAPI schemas as JSON Schema, bundled offline by kubernetes-validate (a pinned
+# test dependency). The "strict" variant refuses unknown fields, like `kubectl --validate=strict`.
+# Versions: the kubectl of this set-up (v1.32) and the newest the package knows.
+K8S_VERSIONS = ("1.32", kubernetes_validate.latest_version().rpartition(".")[0])
 
-_CONTAINER = {
-    "type": "object",
-    "required": ["name", "image"],
-    "properties": {
-        "name": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
-        "image": {"type": "string", "minLength": 1},
-        "command": {"type": "array", "items": {"type": "string"}},
-        "args": {"type": "array", "items": {"type": "string"}},
-    },
-}
-CRONJOB_SCHEMA = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "apiVersion": {"const": "batch/v1"},
-        "kind": {"const": "CronJob"},
-        "metadata": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string", "minLength": 1}}},
-        "spec": {
-            "type": "object",
-            "required": ["schedule", "jobTemplate"],
-            "properties": {
-                "schedule": {"type": "string", "pattern": r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|(\S+\s+){4}\S+)$"},
-                "timeZone": {"type": "string"},
-                "concurrencyPolicy": {"enum": ["Allow", "Forbid", "Replace"]},
-                "jobTemplate": {
-                    "type": "object",
-                    "required": ["spec"],
-                    "properties": {
-                        "spec": {
-                            "type": "object",
-                            "required": ["template"],
-                            "properties": {
-                                "template": {
-                                    "type": "object",
-                                    "required": ["spec"],
-                                    "properties": {
-                                        "spec": {
-                                            "type": "object",
-                                            "required": ["containers", "restartPolicy"],
-                                            "properties": {
-                                                "restartPolicy": {"enum": ["OnFailure", "Never"]},
-                                                "serviceAccountName": {"type": "string"},
-                                                "containers": {"type": "array", "minItems": 1, "items": _CONTAINER},
-                                            },
-                                        }
-                                    },
-                                }
-                            },
-                        }
-                    },
-                },
-            },
-        },
-    },
-}
-_NAMED = {"type": "object", "required": ["name"], "properties": {"name": {"type": "string", "minLength": 1}}}
-RBAC_SCHEMAS = {
-    "ServiceAccount": {
-        "type": "object",
-        "required": ["apiVersion", "kind", "metadata"],
-        "properties": {"apiVersion": {"const": "v1"}, "metadata": _NAMED},
-    },
-    "Role": {
-        "type": "object",
-        "required": ["apiVersion", "kind", "metadata", "rules"],
-        "properties": {
-            "apiVersion": {"const": "rbac.authorization.k8s.io/v1"},
-            "metadata": _NAMED,
-            "rules": {
-                "type": "array",
-                "minItems": 1,
-                "items": {
-                    "type": "object",
-                    "required": ["apiGroups", "resources", "verbs"],
-                    "properties": {
-                        "apiGroups": {"type": "array", "items": {"type": "string"}},
-                        "resources": {"type": "array", "minItems": 1, "items": {"type": "string"}},
-                        "verbs": {"type": "array", "minItems": 1, "items": {"type": "string"}},
-                    },
-                },
-            },
-        },
-    },
-    "RoleBinding": {
-        "type": "object",
-        "required": ["apiVersion", "kind", "metadata", "roleRef", "subjects"],
-        "properties": {
-            "apiVersion": {"const": "rbac.authorization.k8s.io/v1"},
-            "metadata": _NAMED,
-            "roleRef": {
-                "type": "object",
-                "required": ["apiGroup", "kind", "name"],
-                "properties": {"apiGroup": {"const": "rbac.authorization.k8s.io"}, "kind": {"enum": ["Role", "ClusterRole"]}},
-            },
-            "subjects": {
-                "type": "array",
-                "minItems": 1,
-                "items": {"type": "object", "required": ["kind", "name"]},
-            },
-        },
-    },
-}
+# Groups that are not Kubernetes API objects or have schemas of their own: ray.io (the CRDs above) and
+# kustomize's own kustomization.yaml.
+_NOT_BUILTIN_GROUPS = ("ray.io", "kustomize.config.k8s.io")
 
 
-def schema_errors(schema: dict, doc: dict) -> list[str]:
-    return [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in Draft202012Validator(schema).iter_errors(doc)]
+def is_builtin(doc: dict) -> bool:
+    """Whether the object's kind has an official Kubernetes schema in kubernetes-validate."""
+    group = doc["apiVersion"].rpartition("/")[0]
+    return group not in _NOT_BUILTIN_GROUPS and k8s_schema_known(doc["kind"], doc["apiVersion"])
+
+
+@functools.cache
+def k8s_schema_known(kind: str, api_version: str) -> bool:
+    try:
+        kubernetes_validate.validate({"apiVersion": api_version, "kind": kind}, K8S_VERSIONS[0], strict=True)
+    except kubernetes_validate.SchemaNotFoundError:
+        return False
+    except kubernetes_validate.ValidationError:
+        return True
+    return True
+
+
+def k8s_errors(doc: dict, version: str = K8S_VERSIONS[0]) -> list[str]:
+    """The first error of the object against Kubernetes' strict schema of its kind and apiVersion
+    (kubernetes-validate stops at the first), or [] when it validates."""
+    try:
+        kubernetes_validate.validate(doc, version, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        return [f"{'.'.join(map(str, e.path)) or '<root>'}: {e.message} (Kubernetes {e.version})"]
+    return []
 

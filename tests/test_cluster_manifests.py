@@ -3,8 +3,11 @@
 - every YAML file parses (multi-document files too, duplicate keys refused);
 - every KubeRay resource validates against the OpenAPI v3 schema of the real CRD of its apiVersion
   (only these tests skip without ../shared/kuberay-crds), unknown fields refused as
-  `kubectl --validate=strict` would; the CronJob and its RBAC against small hand-made schemas;
-  cluster/aws.yaml against Ray's own cluster-launcher schema;
+  `kubectl --validate=strict` would; every built-in object (ServiceAccounts, RBAC, ConfigMap, CronJob)
+  against Kubernetes' own strict schemas (kubernetes-validate); cluster/aws.yaml against Ray's own
+  cluster-launcher schema;
+- the head and the workers have their own ServiceAccounts, and everything the Ray Pods name
+  (ServiceAccounts, the Fluent Bit ConfigMap) is in the one file applied before them;
 - the GPU pool is pre-provisioned and the job's --concurrency matches it; the cluster spec, the
   RayJob, the RayCronJob and the nightly CronJob's RayJob are one definition; the RayJob's
   runtimeEnvYAML is cluster/runtime_env.yaml; its lifecycle releases a stuck cluster.
@@ -22,12 +25,13 @@ import pytest
 import yaml
 
 from cluster_files import (
-    AWS, CLUSTER, DOCKERFILE, KUBERAY, OPERATIONS, RAY_SERVICE_ACCOUNT, RUNTIME_ENV, S3_SECRET,
-    YAML_FILES, cluster_specs, gpu_groups, image_workdir, k8s_objects, load_docs, load_one, objects_of,
-    pinned, pod_gpus, ray_containers, rayjob_specs, rel,
+    AWS, CLUSTER, DOCKERFILE, KUBERAY, OPERATIONS, PREREQUISITES, RAY_SERVICE_ACCOUNT,
+    RAY_WORKER_SERVICE_ACCOUNT, RUNTIME_ENV, S3_SECRET, YAML_FILES, cluster_specs, gpu_groups,
+    image_workdir, k8s_objects, load_docs, load_one, objects_of, pinned, pod_gpus, ray_containers,
+    ray_pod_specs, rayjob_specs, rel,
 )  # fmt: skip
 from job_commands import CRONJOBS, _annotate_argv, cronjob_rayjob_files, kustomization, parse_job_args
-from k8s_schemas import CRD_FILES, CRONJOB_SCHEMA, RBAC_SCHEMAS, crd_errors, needs_crds, schema_errors
+from k8s_schemas import CRD_FILES, K8S_VERSIONS, crd_errors, is_builtin, k8s_errors, needs_crds
 
 # GPUs per instance of the EC2 types aws.yaml may name (cross-check of its explicit GPU resource).
 EC2_GPUS = {"g5.xlarge": 1, "g5.2xlarge": 1, "g5.12xlarge": 4, "g6.xlarge": 1, "g6.2xlarge": 1, "g6.12xlarge": 4}
@@ -88,32 +92,61 @@ def test_crd_validation_can_fail():
 
 
 
-RBAC_OBJECTS = [(label, doc) for label, doc in k8s_objects() if doc["kind"] in RBAC_SCHEMAS]
+BUILTIN_OBJECTS = [(label, doc) for label, doc in k8s_objects() if is_builtin(doc)]
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("label,doc", BUILTIN_OBJECTS, ids=[label for label, _ in BUILTIN_OBJECTS])
+def test_builtin_object_validates_against_kubernetes_schema(label, doc, version):
+    errors = k8s_errors(doc, version)
+    assert not errors, f"{label} does not validate against Kubernetes' {doc['kind']} schema:\n  " + "\n  ".join(errors)
+
+
+def test_every_kuberay_object_is_validated():
+    """Nothing under cluster/kuberay/ escapes a schema: each object is a KubeRay resource (its CRD), a
+    built-in kind (Kubernetes' schema) or the Kustomization itself (rendered by test_cluster_render.py)."""
+    for label, doc in k8s_objects():
+        if label.startswith("cluster/kuberay/"):
+            known = doc["apiVersion"].startswith("ray.io/") or is_builtin(doc) or doc["kind"] == "Kustomization"
+            assert known, f"{label}: no schema for {doc['apiVersion']} {doc['kind']}"
+    kinds = {doc["kind"] for _, doc in BUILTIN_OBJECTS}
+    assert {"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "CronJob"} <= kinds, kinds
+
+
+def test_kubernetes_schemas_can_fail():
+    """Negative controls: an unknown field, a missing required field and a wrong type are caught."""
+    (_, cron), *_ = CRONJOBS
+    typo = copy.deepcopy(cron)
+    pod = typo["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    pod["containers"][0]["securityContext"]["allowPrivilegeEscalaton"] = False
+    assert any("allowPrivilegeEscalaton" in e for e in k8s_errors(typo))
+    missing = copy.deepcopy(cron)
+    del missing["spec"]["schedule"]
+    assert any("schedule" in e for e in k8s_errors(missing))
+    wrong_type = copy.deepcopy(cron)
+    wrong_type["spec"]["jobTemplate"]["spec"]["backoffLimit"] = "two"
+    assert k8s_errors(wrong_type)
+    (_, binding), *_ = objects_of("RoleBinding")
+    no_role = copy.deepcopy(binding)
+    del no_role["roleRef"]
+    assert any("roleRef" in e for e in k8s_errors(no_role))
+    (_, account), *_ = objects_of("ServiceAccount")
+    assert k8s_errors(dict(account, automountToken=False))
+
+
+def job_pod_problems(cron: dict) -> list[str]:
+    """What the API server refuses in a CronJob's Pod beyond its OpenAPI schema: a Job's Pods restart
+    Never or OnFailure (the schema allows Always; the Job validation does not)."""
+    policy = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"].get("restartPolicy")
+    return [] if policy in ("Never", "OnFailure") else [f"restartPolicy {policy!r}: a Job's Pod needs Never or OnFailure"]
 
 
 @pytest.mark.parametrize("label,doc", CRONJOBS, ids=[label for label, _ in CRONJOBS])
-def test_cronjob_has_the_required_batch_v1_fields(label, doc):
-    errors = schema_errors(CRONJOB_SCHEMA, doc)
-    assert not errors, f"{label}:\n  " + "\n  ".join(errors)
-
-
-@pytest.mark.parametrize("label,doc", RBAC_OBJECTS, ids=[label for label, _ in RBAC_OBJECTS])
-def test_rbac_object_has_its_basic_fields(label, doc):
-    errors = schema_errors(RBAC_SCHEMAS[doc["kind"]], doc)
-    assert not errors, f"{label}:\n  " + "\n  ".join(errors)
-
-
-def test_hand_made_schemas_can_fail():
-    (_, cron), *_ = CRONJOBS
-    bad = copy.deepcopy(cron)
+def test_cronjob_pods_restart_as_a_job_allows(label, doc):
+    assert not job_pod_problems(doc), (label, job_pod_problems(doc))
+    bad = copy.deepcopy(doc)
     bad["spec"]["jobTemplate"]["spec"]["template"]["spec"]["restartPolicy"] = "Always"
-    assert schema_errors(CRONJOB_SCHEMA, bad)
-    bad = copy.deepcopy(cron)
-    del bad["spec"]["schedule"]
-    assert schema_errors(CRONJOB_SCHEMA, bad)
-    bad = copy.deepcopy(cron)
-    del bad["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["image"]
-    assert schema_errors(CRONJOB_SCHEMA, bad)
+    assert job_pod_problems(bad) and not k8s_errors(bad), "negative control: only this check catches Always"
 
 
 def test_nightly_cronjob_creates_the_rayjob_with_a_generated_name():
@@ -188,7 +221,9 @@ def test_ray_pods_use_one_image_and_get_credentials_from_the_cluster(label, spec
     images = set()
     for group, pod, container in ray_containers(spec):
         images.add(container["image"])
-        assert pod.get("serviceAccountName") == RAY_SERVICE_ACCOUNT, f"{label} {group}: serviceAccountName"
+        # KubeRay binds the autoscaler's Role (patch Pods and the RayCluster) to the head's account only.
+        account = RAY_SERVICE_ACCOUNT if group == "head" else RAY_WORKER_SERVICE_ACCOUNT
+        assert pod.get("serviceAccountName") == account, f"{label} {group}: serviceAccountName should be {account}"
         refs = [e["secretRef"] for e in container.get("envFrom", []) if "secretRef" in e]
         assert any(r["name"] == S3_SECRET and r.get("optional") is True for r in refs), (
             f"{label} {group}: expected envFrom secretRef {S3_SECRET} (optional, so workload identity works without it)"
@@ -264,6 +299,7 @@ def test_every_node_runs_one_image_pinned_by_digest():
     """Every Ray Pod and EC2 node names the image of cluster/Dockerfile by digest: with a mutable tag
     and IfNotPresent, a node that cached an earlier build of the same tag runs old code silently."""
     images = {container["image"] for _, spec in CLUSTER_SPECS for _, _, container in ray_containers(spec)}
+    images |= {c["image"] for _, spec in rayjob_specs() for c in submitter_containers(spec)}
     aws_image = load_one(AWS)["docker"]["image"]
     for image in images | {aws_image}:
         assert re.fullmatch(r"[\w.\-/]+/img2pose-ray(:[\w.\-]+)?@sha256:[0-9a-f]{64}", image), (
@@ -306,9 +342,19 @@ def test_rayjob_runtime_env_is_cluster_runtime_env_yaml():
             f"{label}: runtimeEnvYAML differs from cluster/runtime_env.yaml (working_dir -> {image_workdir()}):\n"
             f"  got      {json.dumps(runtime_env, sort_keys=True)}\n  expected {json.dumps(expected, sort_keys=True)}"
         )
-        # A local working_dir is uploaded by `ray job submit` in the submitter Pod (same image as the head).
+        # A local working_dir is uploaded by `ray job submit` in the submitter Pod, which must run the
+        # head's image (it holds /app): KubeRay's default submitter does, a submitterPodTemplate must say so.
         assert spec.get("submissionMode", "K8sJobMode") == "K8sJobMode"
-        assert "submitterPodTemplate" not in spec, "the default submitter runs the head's image, which holds /app"
+        head_image = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
+        template = spec.get("submitterPodTemplate")
+        if template is not None:
+            submitter = template["spec"]["containers"][0]
+            assert submitter["image"] == head_image, f"{label}: the submitter must run the head's image, which holds /app"
+            # KubeRay writes `ray job submit ... -- <entrypoint>` only into a container without a command.
+            assert not submitter.get("command") and not submitter.get("args"), (
+                f"{label}: leave the submitter's command to KubeRay"
+            )
+            assert template["spec"].get("restartPolicy") in ("Never", "OnFailure"), f"{label}: a Job's Pod restartPolicy"
 
 
 def test_rayjob_lifecycle():
@@ -335,3 +381,70 @@ def test_rayjobs_release_a_stuck_cluster_and_survive_a_dropped_follower(label, s
     assert pre and pre < spec["activeDeadlineSeconds"], label
     if spec.get("submissionMode", "K8sJobMode") == "K8sJobMode":
         assert (spec.get("submitterConfig") or {}).get("backoffLimit", 2) >= 5, label
+
+
+def submitter_containers(spec: dict) -> list[dict]:
+    """The first container of a RayJob spec's submitterPodTemplate (KubeRay's submitter), if any."""
+    template = spec.get("submitterPodTemplate")
+    return template["spec"]["containers"][:1] if template else []
+
+
+# --------------------------------------------------------------------------- identities and prerequisites
+
+
+def _pod_references(pod: dict) -> tuple[set[str], set[str]]:
+    accounts = {pod["serviceAccountName"]} if pod.get("serviceAccountName") else set()
+    config_maps = {v["configMap"]["name"] for v in pod.get("volumes", []) if "configMap" in v}
+    return accounts, config_maps
+
+
+def ray_pod_references() -> tuple[set[str], set[str]]:
+    """ServiceAccounts and ConfigMaps named by every Ray Pod and RayJob submitter Pod."""
+    accounts, config_maps = set(), set()
+    for _, spec in CLUSTER_SPECS:
+        for _, pod in ray_pod_specs(spec):
+            a, c = _pod_references(pod)
+            accounts |= a
+            config_maps |= c
+    for _, spec in rayjob_specs():
+        if spec.get("submitterPodTemplate"):
+            a, c = _pod_references(spec["submitterPodTemplate"]["spec"])
+            accounts |= a
+            config_maps |= c
+    return accounts, config_maps
+
+
+def prerequisite_problems(accounts: set[str], config_maps: set[str]) -> list[str]:
+    defined = {(doc["kind"], doc["metadata"]["name"]) for doc in load_docs(PREREQUISITES)}
+    wanted = [("ServiceAccount", a) for a in sorted(accounts)] + [("ConfigMap", c) for c in sorted(config_maps)]
+    problems = [f"{kind} {name} is not in {rel(PREREQUISITES)}" for kind, name in wanted if (kind, name) not in defined]
+    return problems
+
+
+def test_everything_the_ray_pods_name_is_applied_before_them():
+    """The docs apply serviceaccount.yaml (directly or through `apply -k`) before any Ray resource
+    (test_cluster_docs.py): it must hold every ServiceAccount and ConfigMap the Ray Pods name, or a
+    fresh namespace gets a head refused by KubeRay or Pods stuck in ContainerCreating."""
+    accounts, config_maps = ray_pod_references()
+    assert {RAY_SERVICE_ACCOUNT, RAY_WORKER_SERVICE_ACCOUNT} <= accounts and config_maps
+    problems = prerequisite_problems(accounts, config_maps)
+    assert not problems, problems
+    assert rel(PREREQUISITES).rpartition("/")[2] in kustomization()["resources"]
+    # Negative control: a name that the file lacks is reported.
+    assert prerequisite_problems(accounts | {"img2pose-missing"}, config_maps)
+    assert prerequisite_problems(accounts, config_maps | {"img2pose-missing"})
+
+
+def test_workers_have_s3_access_but_no_kubernetes_rights():
+    """Both accounts carry the same IRSA role (the workers read and write S3 like the head), and no
+    Role or RoleBinding under cluster/ reaches the workers' account: KubeRay binds the autoscaler's
+    Role only to the head's ServiceAccount (common/rbac.go BuildRoleBinding: subject
+    GetHeadGroupServiceAccountName), so the workers keep no right to patch Pods or the RayCluster."""
+    accounts = {doc["metadata"]["name"]: doc for _, doc in objects_of("ServiceAccount")}
+    head, worker = accounts[RAY_SERVICE_ACCOUNT], accounts[RAY_WORKER_SERVICE_ACCOUNT]
+    role = "eks.amazonaws.com/role-arn"
+    assert head["metadata"]["annotations"][role] == worker["metadata"]["annotations"][role]
+    assert worker.get("automountServiceAccountToken") is False, "the workers never call the Kubernetes API"
+    for label, binding in objects_of("RoleBinding") + objects_of("ClusterRoleBinding"):
+        names = {s["name"] for s in binding.get("subjects", []) if s["kind"] == "ServiceAccount"}
+        assert RAY_WORKER_SERVICE_ACCOUNT not in names, f"{label} grants the workers' account Kubernetes rights"
