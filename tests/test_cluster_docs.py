@@ -67,3 +67,57 @@ def test_runbook_says_where_the_ray_logs_land_and_how_pods_are_secured():
     for needle in (uri, "restricted", "img2pose-ray-worker", "submitterPodTemplate", "job-driver-", "Fluent Bit"):
         assert needle in section, f"docs/operations.md's Kubernetes section does not mention {needle!r}"
     assert uri in README.read_text(encoding="utf-8"), f"README.md does not say the Ray logs go to {uri}"
+
+
+def _section(doc, heading: str) -> str:
+    """The text of a Markdown section, from its heading to the next heading of the same or a higher level."""
+    text = doc.read_text(encoding="utf-8")
+    level = heading.split(" ", 1)[0]
+    start = text.index(f"\n{heading}\n")
+    ends = [m.start() for m in re.finditer(rf"^#{{1,{len(level)}}} ", text[start + 1:], flags=re.M)][1:2]
+    return text[start: start + 1 + ends[0]] if ends else text[start:]
+
+
+def test_spot_snippet_makes_a_valid_launcher_config():
+    """The documented spot lines, added where the docs say, give a config Ray's own validation accepts."""
+    import copy
+
+    import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    from cluster_files import AWS, load_one
+
+    (block,) = re.findall(r"```yaml\n(.*?)```", _section(OPERATIONS, "### Spot GPU workers"), flags=re.S)
+    snippet = yaml.safe_load(block)
+    assert snippet["InstanceMarketOptions"]["MarketType"] == "spot"
+    config = load_one(AWS)
+    (gpu_type,) = [name for name, t in config["available_node_types"].items() if t["resources"].get("GPU")]
+    assert f"`{gpu_type}`" in _section(OPERATIONS, "### Spot GPU workers"), "the docs name the GPU node type"
+    config["available_node_types"][gpu_type]["node_config"].update(snippet)
+    validate_config(prepare_config(copy.deepcopy(config)))
+    head = config["available_node_types"][config["head_node_type"]]["node_config"]
+    assert "InstanceMarketOptions" not in head, "the head stays on demand"
+
+
+def test_network_commands_fill_every_node_type_of_aws_yaml(tmp_path):
+    """The documented `sed` that writes the security group and subnet ids, run as written on a copy."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    from cluster_files import AWS
+    from doc_commands import logical_lines
+
+    section = _section(OPERATIONS, "## EC2 with the Ray cluster launcher")
+    blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+    (fill,) = [line for block in blocks for line in logical_lines(block) if line.startswith("sed -i") and "aws.yaml" in line]
+    (tmp_path / "cluster").mkdir()
+    shutil.copy(AWS, tmp_path / "cluster" / "aws.yaml")
+    env = {"PATH": "/usr/bin:/bin", "SG": "sg-0a1b2c3d4e5f60718", "SUBNET": "subnet-0f1e2d3c4b5a69788"}
+    subprocess.run(["bash", "-c", fill], cwd=tmp_path, env=env, check=True, timeout=30)
+    filled = (tmp_path / "cluster" / "aws.yaml").read_text()
+    assert "REPLACE_ME" not in filled
+    for name, t in yaml.safe_load(filled)["available_node_types"].items():
+        assert t["node_config"]["SecurityGroupIds"] == [env["SG"]], name
+        assert t["node_config"]["SubnetIds"] == [env["SUBNET"]], name

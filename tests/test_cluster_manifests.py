@@ -262,7 +262,9 @@ def test_concurrency_check_can_fail():
         _job_concurrency_check(label, spec)
 
 
-def test_aws_launcher_gpu_pool_is_preprovisioned_and_matches_the_example():
+def test_aws_launcher_workers_scale_to_zero_and_a_run_asks_for_its_whole_gpu_pool():
+    """An idle EC2 cluster is its head alone; the example run fixes its pool at every GPU the GPU type
+    may have and waits for them (the job asks the autoscaler while it waits: tests/test_resources.py)."""
     config = load_one(AWS)
     types = config["available_node_types"]
     head = types[config["head_node_type"]]
@@ -271,28 +273,34 @@ def test_aws_launcher_gpu_pool_is_preprovisioned_and_matches_the_example():
     assert gpu_types, "aws.yaml: declare the GPU worker type's GPU resource explicitly"
     gpus = 0
     for name, t in gpu_types.items():
-        assert t["min_workers"] == t["max_workers"], f"aws.yaml {name}: pre-provision the GPU pool (min_workers = max_workers)"
         instance = t["node_config"]["InstanceType"]
         if instance in EC2_GPUS:
             assert t["resources"]["GPU"] == EC2_GPUS[instance], f"aws.yaml {name}: {instance} has {EC2_GPUS[instance]} GPU(s)"
+        assert "--gpus all" in (t.get("docker") or {}).get("worker_run_options", []), f"aws.yaml {name}: give the GPUs explicitly"
         gpus += t["max_workers"] * t["resources"]["GPU"]
-    cpu_types = [t for name, t in types.items() if name not in gpu_types and name != config["head_node_type"]]
-    assert cpu_types and any(t["max_workers"] > t["min_workers"] for t in cpu_types), "aws.yaml: an autoscaling CPU type"
+    workers = [(name, t) for name, t in types.items() if name != config["head_node_type"]]
+    assert workers and all(t["min_workers"] == 0 < t["max_workers"] for _, t in workers), "aws.yaml: workers scale from zero"
+    assert config["docker"].get("disable_automatic_runtime_detection") is True
     args, message = parse_job_args(_annotate_argv(config["metadata"]["example_submit"]))
     assert args is not None, message
     actors = int(gpus / args.num_gpus_per_actor)
     assert args.concurrency == (actors, actors), f"aws.yaml example: --concurrency should be {actors},{actors}"
+    assert args.wait_for_resources >= 600, "aws.yaml example: wait for the GPU nodes to come up (--wait-for-resources)"
 
 
-def test_aws_launcher_config_validates_against_rays_schema():
-    from ray.autoscaler._private.util import prepare_config, validate_config
+def test_aws_launcher_names_its_network_so_ray_opens_no_ssh_to_the_world():
+    """With SecurityGroupIds on every node type, Ray's AWS bootstrap keeps them and creates no group (its
+    own group opens port 22 to 0.0.0.0/0); checked by running that bootstrap step, which returns before
+    any AWS call when every type names its groups."""
+    from ray.autoscaler._private.aws.config import _configure_security_group
 
     config = load_one(AWS)
-    validate_config(copy.deepcopy(config))
-    validate_config(prepare_config(copy.deepcopy(config)))
     for name, t in config["available_node_types"].items():
         node = t["node_config"]
-        assert "IamInstanceProfile" in node, f"aws.yaml {name}: S3 access through an IAM instance profile"
+        assert node.get("SecurityGroupIds") and node.get("SubnetIds"), f"aws.yaml {name}: name its security group and subnets"
+    configured = _configure_security_group(copy.deepcopy(config))
+    for name, t in configured["available_node_types"].items():
+        assert t["node_config"]["SecurityGroupIds"] == config["available_node_types"][name]["node_config"]["SecurityGroupIds"]
 
 
 def test_every_node_runs_one_image_pinned_by_digest():
