@@ -1,10 +1,15 @@
 """What a run keeps under OUTPUT/runs/ beside its manifest: its lease (one run per output at a time,
 unless asked) and its console log. The lease on real files and on a real S3 endpoint (moto), then the
-job refusing to start beside a live run, before any work."""
+job refusing to start beside a live run, before any work.
+
+A lease is live when its heartbeat moves: holders here renew theirs for real (a shorter interval in
+this process), and dead ones are files nobody renews."""
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 import time
@@ -14,76 +19,84 @@ import pytest
 
 from conftest import ROOT
 from jobs import run_files
-from jobs.run_files import STALE_S, LeaseError, RunLease, RunLog, read_leases
+from jobs.run_files import LeaseError, RunLease, RunLog, read_leases
 from jobs.storage import StorageConfig
 from s3_fixtures import s3_client, s3_server  # noqa: F401
 
 LOCAL = StorageConfig()
 
 
-def _plant(output: Path, run_id: str, heartbeat_age: float, started_age: float = 600.0, host: str = "node-a") -> None:
+@pytest.fixture
+def quick(monkeypatch):
+    """Heartbeats every 0.2 s and a 1.5 s watch in this process."""
+    monkeypatch.setattr(run_files, "HEARTBEAT_S", 0.2)
+    monkeypatch.setattr(run_files, "WATCH_S", 1.5)
+
+
+def _plant(output: Path, run_id: str, heartbeat_age: float, host: str = "node-a", pid: int = 0) -> None:
     runs = output / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     now = time.time()
     (runs / f"{run_id}.lease").write_text(json.dumps(
-        {"run_id": run_id, "started_at": now - started_age, "heartbeat_at": now - heartbeat_age, "host": host}))
+        {"run_id": run_id, "started_at": now - 600, "heartbeat_at": now - heartbeat_age, "host": host, "pid": pid}))
 
 
-def test_a_live_run_holds_the_output_and_a_dead_one_does_not(tmp_path):
+def test_a_live_run_holds_the_output_until_it_ends(tmp_path, quick):
     out = str(tmp_path / "out")
-    _plant(tmp_path / "out", "alive", heartbeat_age=20)
-    with pytest.raises(LeaseError, match=r"run alive \(on node-a, .*last heartbeat 2\d s ago\).*--allow-concurrent-runs"):
+    holder = RunLease(out, "alive", LOCAL)
+    holder.acquire()
+    started = time.monotonic()
+    with pytest.raises(LeaseError, match=r"run alive \(on .*\), whose lease .* is renewed.*--allow-concurrent-runs"):
         RunLease(out, "mine", LOCAL).acquire()
+    assert time.monotonic() - started < 1.5, "a renewed lease is known live before the watch ends"
     assert not (tmp_path / "out" / "runs" / "mine.lease").exists()
-
-    # Stale: the same lease, last renewed longer ago than STALE_S (a run killed outright).
-    _plant(tmp_path / "out", "alive", heartbeat_age=STALE_S + 5)
-    lease = RunLease(out, "mine", LOCAL)
-    lease.acquire()
-    assert {le.run_id for le in read_leases(out, LOCAL)} == {"alive", "mine"}
-    # Now it is this run that holds the output.
-    with pytest.raises(LeaseError, match="run mine"):
-        RunLease(out, "third", LOCAL).acquire()
-    lease.release()
-    assert not (tmp_path / "out" / "runs" / "mine.lease").exists()
-    RunLease(out, "third", LOCAL).acquire()
+    holder.release()
+    assert not (tmp_path / "out" / "runs" / "alive.lease").exists()
+    mine = RunLease(out, "mine", LOCAL)
+    mine.acquire()
+    mine.release()
 
 
-def test_allow_concurrent_runs_starts_beside_a_live_run(tmp_path):
+def test_leases_of_dead_runs_are_passed_over(tmp_path, quick):
+    """Unrenewed (a run killed on another machine), long stale, or its process gone on this host."""
     out = str(tmp_path / "out")
-    _plant(tmp_path / "out", "alive", heartbeat_age=1)
-    said = []
-    lease = RunLease(out, "mine", LOCAL, log=said.append)
-    lease.acquire(allow_concurrent=True)
-    assert (tmp_path / "out" / "runs" / "mine.lease").is_file()
-    assert any("run alive" in line for line in said)
-    lease.release()
-
-
-def test_planted_or_broken_leases_block_nothing(tmp_path):
-    """A heartbeat far in the future (planted, or a wild clock) and files that are not leases are ignored, and said."""
-    out = str(tmp_path / "out")
+    _plant(tmp_path / "out", "killed-elsewhere", heartbeat_age=3)
+    _plant(tmp_path / "out", "long-ago", heartbeat_age=run_files.STALE_S + 60)
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    _plant(tmp_path / "out", "killed-here", heartbeat_age=1, host=socket.gethostname(), pid=int(done.stdout))
+    # A file planted to block every run: its heartbeat is far in the future, and never moves.
     _plant(tmp_path / "out", "forever", heartbeat_age=-10 * 365 * 86400)
     (tmp_path / "out" / "runs" / "junk.lease").write_text("{not json")
-    (tmp_path / "out" / "runs" / "fields.lease").write_text(json.dumps({"run_id": "x"}))
     said = []
+    started = time.monotonic()
     lease = RunLease(out, "mine", LOCAL, log=said.append)
     lease.acquire()
     lease.release()
-    assert any("forever" in line and "future" in line for line in said), said
-    assert any("junk.lease" in line for line in said) and any("fields.lease" in line for line in said), said
-    # Negative control: a heartbeat a little ahead (clocks drift) still counts as live.
-    _plant(tmp_path / "out", "ahead", heartbeat_age=-30)
-    with pytest.raises(LeaseError, match="run ahead"):
-        RunLease(out, "late", LOCAL).acquire()
+    took = time.monotonic() - started
+    assert 1.4 < took < 5, took  # one watch, for the two unrenewed leases
+    text = "\n".join(said)
+    assert "killed-here: its process" in text and "long-ago: not renewed for" in text, text
+    assert "killed-elsewhere" in text and "forever" in text and "not renewed in 1.5 s" in text, text
+    assert "junk.lease" in text
 
 
-def test_two_runs_starting_together_leave_exactly_one(tmp_path):
-    """Both look before either writes (the race acquire() closes): after writing, the later start withdraws."""
+def test_allow_concurrent_runs_starts_beside_a_live_run(tmp_path, quick):
+    out = str(tmp_path / "out")
+    holder = RunLease(out, "alive", LOCAL)
+    holder.acquire()
+    lease = RunLease(out, "mine", LOCAL)
+    lease.acquire(allow_concurrent=True)
+    assert {le.run_id for le in read_leases(out, LOCAL)} == {"alive", "mine"}
+    lease.release()
+    holder.release()
+
+
+def test_two_runs_starting_together_leave_exactly_one(tmp_path, quick):
+    """Both find no live lease (neither has written yet); after writing, the later start withdraws."""
     out = str(tmp_path / "out")
     first, second = RunLease(out, "b-first", LOCAL), RunLease(out, "a-second", LOCAL)
-    second.lease = run_files.Lease("a-second", first.lease.started_at + 1, time.time(), "node-b")
-    assert first.look() == [] and second.look() == []
+    second.lease = run_files.Lease("a-second", first.lease.started_at + 1, time.time(), "node-b", 0)
+    assert first.live_others() == [] and second.live_others() == []
     first.write()
     second.write()
     first.confirm()  # the earlier start keeps the output
@@ -92,26 +105,14 @@ def test_two_runs_starting_together_leave_exactly_one(tmp_path):
     assert {le.run_id for le in read_leases(out, LOCAL)} == {"b-first"}
     # Same start time: the smaller run id wins, whichever confirms first.
     tie = RunLease(out, "a-tie", LOCAL)
-    tie.lease = run_files.Lease("a-tie", first.lease.started_at, time.time(), "node-c")
+    tie.lease = run_files.Lease("a-tie", first.lease.started_at, time.time(), "node-c", 0)
     tie.write()
     with pytest.raises(LeaseError, match="run a-tie"):
         first.confirm()
     tie.confirm()
 
 
-def test_the_heartbeat_renews_the_lease(tmp_path, monkeypatch):
-    monkeypatch.setattr(run_files, "HEARTBEAT_S", 0.2)
-    out = str(tmp_path / "out")
-    lease = RunLease(out, "mine", LOCAL)
-    lease.acquire()
-    first = json.loads((tmp_path / "out" / "runs" / "mine.lease").read_text())["heartbeat_at"]
-    time.sleep(1.0)
-    later = json.loads((tmp_path / "out" / "runs" / "mine.lease").read_text())["heartbeat_at"]
-    lease.release()
-    assert later > first
-
-
-def test_lease_and_log_on_s3(s3_server, monkeypatch):  # noqa: F811
+def test_lease_and_log_on_s3(s3_server, quick):  # noqa: F811
     client = s3_client(s3_server)
     client.create_bucket(Bucket="leases")
     storage = StorageConfig(s3_endpoint_url=s3_server)
@@ -131,17 +132,22 @@ def test_lease_and_log_on_s3(s3_server, monkeypatch):  # noqa: F811
     assert "Contents" not in client.list_objects_v2(Bucket="leases", Prefix="out/runs/on-s3.lease")
 
 
-def test_the_job_refuses_to_start_beside_a_live_run_before_any_work(tmp_path, golden_bundle):
+def test_the_job_refuses_to_start_beside_a_live_run_before_any_work(tmp_path, golden_bundle, quick):
     images = tmp_path / "in"
     images.mkdir()
-    (images / "a.jpg").write_bytes((ROOT / "tests").joinpath("conftest.py").read_bytes()[:10])  # never read
-    _plant(tmp_path / "out", "nightly-1", heartbeat_age=5)
-    proc = subprocess.run([sys.executable, str(ROOT / "jobs" / "annotate.py"), "--input", str(images), "--output",
-                           str(tmp_path / "out"), "--bundle", str(golden_bundle), "--skip-existing"],
-                          capture_output=True, text=True, timeout=120, env={"RAY_ADDRESS": "127.0.0.1:1", "PATH": ""})  # fmt: skip
+    (images / "a.jpg").write_bytes(b"\xff\xd8 never read")
+    holder = RunLease(str(tmp_path / "out"), "nightly-1", LOCAL)
+    holder.acquire()
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        env["RAY_ADDRESS"] = "127.0.0.1:1"  # nothing answers: had the job got that far, this would be the error
+        proc = subprocess.run([sys.executable, str(ROOT / "jobs" / "annotate.py"), "--input", str(images),
+                               "--output", str(tmp_path / "out"), "--bundle", str(golden_bundle), "--skip-existing"],
+                              capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    finally:
+        holder.release()
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "annotate.py: error: another run is writing to this output: run nightly-1" in proc.stderr
     assert "Traceback" not in proc.stderr
-    # Nothing was done: no table, no log, no lease of its own (and Ray was never reached: the
-    # RAY_ADDRESS above answers nothing, which would have been the error).
-    assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == ["nightly-1.lease", "runs"]
+    # Nothing was done: no table, no log, no lease of its own.
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == ["runs"]

@@ -150,8 +150,10 @@ def test_iceberg_two_runs_at_once_both_land(ray_head, golden_bundle, golden_dir,
     catalog = _catalog(tmp_path / "catalog.db")
     out = tmp_path / "out"
     env = dict(ray_head.env, IMG2POSE_CACHE=str(tmp_path / "cache"))
-    # Overlapping inputs: all ten, and the first six through a glob.
-    common = ["--output", str(out), "--catalog", catalog, "--bundle", str(golden_bundle), *SMALL, "--rows-per-file", "3"]
+    # Overlapping inputs: all ten, and the first six through a glob; the second run is allowed to start
+    # beside the first (refused by default: tests/test_run_files.py).
+    common = ["--output", str(out), "--catalog", catalog, "--bundle", str(golden_bundle), *SMALL, "--rows-per-file", "3",
+              "--allow-concurrent-runs"]
     procs = [
         subprocess.Popen([sys.executable, JOB, "--input", str(corpus), *common, "--run-id", "nightly"], env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
