@@ -107,9 +107,9 @@ def is_transient(exc: BaseException) -> bool:
         return status == 429 or status in (500, 502, 503, 504)
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
-    # Found by tests/test_reliability.py (fault proxy): a 503 SlowDown on PUT came out of s3fs as
-    # OSError(EBUSY, "Please reduce your request rate.") and a 500 on HEAD as OSError(EREMOTEIO,
-    # "Internal Server Error"); neither matched a marker, so the outer retry gave up at once.
+    # s3fs turns some answers into bare OSErrors by errno: a 503 SlowDown on PUT into
+    # OSError(EBUSY, "Please reduce your request rate.") and a 500 on HEAD into OSError(EREMOTEIO,
+    # "Internal Server Error"); no text marker below matches them.
     if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
         return True
     # Class names along the MRO: botocore's ConnectionClosedError ("Connection was closed before we
@@ -203,9 +203,8 @@ class StorageConfig:
         """The filesystem of ``uri`` and the path within it.
 
         Raises ValueError when the filesystem cannot even be created: some fsspec filesystems (ftp,
-        sftp, smb) connect in their constructor, and an unknown host there raised a bare OSError that
-        escaped the job's input checks as a traceback (found by tests/test_reliability.py with
-        ``--input ftp://...``); callers report ValueError as an unusable location.
+        sftp, smb) connect in their constructor, where an unknown host raises a bare OSError; callers
+        report ValueError as an unusable location.
         """
         options = self.options_for(uri)
         try:
