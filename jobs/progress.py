@@ -5,6 +5,12 @@ actor; a thread of the driver reads it every interval and shows it: in a termina
 in place (a bar where the number of images is known, images/s, ETA); in logs (``ray job submit``,
 KubeRay, CI), one short line per interval. Progress is informative only: a lost counter or a failed
 update never touches the run's results, which come from the written tables.
+
+The counter actor also records the counts as Ray metrics (:class:`RunMetrics`), which every node's
+metrics agent exports for Prometheus (docs/operations.md, "Monitoring"): images by status, entries
+counted but not written by reason, faces, and a heartbeat that says the run is alive. They are
+recorded where the counts are already added up, in one process per run, so a run is one series per
+status however many model actors it has. Metrics are best-effort like the rest of progress.
 """
 
 from __future__ import annotations
@@ -16,9 +22,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from img2pose_core.output import NOT_WRITTEN
+from img2pose_core.output import NOT_WRITTEN, STATUSES
 
-__all__ = ["Counts", "batch_counts", "format_progress", "ProgressCounter", "ProgressDisplay"]
+__all__ = [
+    "Counts",
+    "batch_counts",
+    "status_counts",
+    "format_progress",
+    "ProgressCounter",
+    "ProgressDisplay",
+    "RunMetrics",
+    "METRICS",
+    "PROGRESS_ACTOR_PREFIX",
+]
+
+# The run's counter actor is named PROGRESS_ACTOR_PREFIX + run id (jobs/run.py).
+PROGRESS_ACTOR_PREFIX = "img2pose-progress-"
 
 
 @dataclass
@@ -45,6 +64,14 @@ def batch_counts(statuses: list[str], faces: int) -> dict[str, int]:
     ok = sum(1 for s in statuses if s == "ok")
     counted = sum(1 for s in statuses if s in NOT_WRITTEN)
     return {"ok": ok, "failed": len(statuses) - ok - counted, "counted": counted, "faces": int(faces)}
+
+
+def status_counts(statuses: list[str]) -> dict[str, int]:
+    """How many rows of one model batch have each status (for the metrics by status)."""
+    out: dict[str, int] = {}
+    for s in statuses:
+        out[str(s)] = out.get(str(s), 0) + 1
+    return out
 
 
 def _duration(seconds: float) -> str:
@@ -77,14 +104,141 @@ def format_progress(counts: Counts, elapsed_s: float, total: int | None, bar_wid
     return line
 
 
+@dataclass(frozen=True)
+class MetricSpec:
+    """One of the run's Ray metrics: ``name`` as given to ``ray.util.metrics``; ``exported`` as
+    Prometheus sees it (Ray prefixes ``ray_``; a counter gets ``_total``, OpenTelemetry's convention
+    for counters, which Ray 2.60 follows: checked by tests/test_monitoring.py on a real node)."""
+
+    name: str
+    kind: str  # "counter" or "gauge"
+    tag_keys: tuple[str, ...]
+    description: str
+
+    @property
+    def exported(self) -> str:
+        return "ray_" + self.name + ("_total" if self.kind == "counter" else "")
+
+
+# The job's own metrics. Tag values are bounded: ``status`` is one of img2pose_core.output.STATUSES,
+# ``reason`` one of NOT_WRITTEN, anything else is recorded as "other"; ``run_id`` is one value per run.
+METRICS = {
+    "images": MetricSpec(
+        "img2pose_images", "counter", ("run_id", "status"),
+        "Images past the model, by status: ok, or why the image has no faces rows (docs/schema.md)",
+    ),
+    "not_written": MetricSpec(
+        "img2pose_not_written", "counter", ("run_id", "reason"),
+        "Entries counted in the run manifest instead of the tables (skipped, duplicate, marker, sidecar, empty_url)",
+    ),
+    "faces": MetricSpec("img2pose_faces", "counter", ("run_id",), "Faces found (rows of the faces table)"),
+    "run_active": MetricSpec(
+        "img2pose_run_active", "gauge", ("run_id",),
+        "1 while the run's progress counter is alive (re-sent every few seconds; gone within about 20 s of the run's end)",
+    ),
+}  # fmt: skip
+OTHER = "other"
+
+
+def _bounded(value: str, known) -> str:
+    return value if value in known else OTHER
+
+
+class RunMetrics:
+    """The run's counts as Ray metrics (``ray.util.metrics``), recorded in the process that adds them up.
+
+    Ray keeps a counter's series on the node's metrics endpoint after its process ends, but drops a
+    gauge that is not set again within two export intervals: ``run_active`` is therefore set again
+    every ``heartbeat_s`` seconds by a thread, and disappears soon after the run (its counter actor)
+    ends, whereas the counters stay. Nothing here raises: a metric that cannot be recorded is skipped.
+    """
+
+    def __init__(self, run_id: str, heartbeat_s: float = 5.0) -> None:
+        from ray.util.metrics import Counter, Gauge
+
+        self.tags = {"run_id": str(run_id)}
+        self.heartbeat_s = heartbeat_s
+        make = {"counter": Counter, "gauge": Gauge}
+        self.metrics = {key: make[m.kind](m.name, description=m.description, tag_keys=m.tag_keys)
+                        for key, m in METRICS.items()}  # fmt: skip
+        self._stop = threading.Event()
+        self._beat()
+        self._thread = threading.Thread(target=self._loop, name="img2pose-metrics-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self, value: float = 1.0) -> None:
+        try:
+            self.metrics["run_active"].set(value, tags=self.tags)
+        except Exception:  # noqa: BLE001 - metrics are informative only
+            pass
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            self._beat()
+
+    def _inc(self, key: str, value: int, **tags: str) -> None:
+        if value > 0:  # Ray's Counter.inc refuses 0
+            try:
+                self.metrics[key].inc(value, tags={**self.tags, **tags})
+            except Exception:  # noqa: BLE001 - metrics are informative only
+                pass
+
+    def record(self, counts: dict[str, int], by_status: dict[str, int] | None = None) -> None:
+        """Add one batch: ``counts`` as :func:`batch_counts` makes them, ``by_status`` as
+        :func:`status_counts` does (without it, the images are recorded as ok / other)."""
+        if by_status is None:
+            by_status = {"ok": int(counts.get("ok", 0)), OTHER: int(counts.get("failed", 0))}
+        for status, n in by_status.items():
+            if status in NOT_WRITTEN:
+                self._inc("not_written", int(n), reason=status)
+            else:
+                self._inc("images", int(n), status=_bounded(status, STATUSES))
+        self._inc("faces", int(counts.get("faces", 0)))
+
+    def close(self) -> None:
+        """Stop the heartbeat (the run is over): ``run_active`` then ages out of the endpoint."""
+        self._stop.set()
+        self._thread.join(timeout=2 * self.heartbeat_s + 1)
+        self._beat(0.0)
+
+
+def _run_id_of_this_actor() -> str | None:
+    """The run id from the counter actor's name (``PROGRESS_ACTOR_PREFIX`` + run id); None outside an actor."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        name = ray.get_runtime_context().get_actor_name()
+    except Exception:  # noqa: BLE001
+        return None
+    if not name:
+        return None
+    return name[len(PROGRESS_ACTOR_PREFIX):] if name.startswith(PROGRESS_ACTOR_PREFIX) else name
+
+
 class ProgressCounter:
-    """The run's counts, in one Ray actor (created with ``num_cpus=0``) that every model actor adds to."""
+    """The run's counts, in one Ray actor (created with ``num_cpus=0``) that every model actor adds to.
 
-    def __init__(self) -> None:
+    In a Ray actor it also records them as Ray metrics (:class:`RunMetrics`), tagged with ``run_id``
+    (given, or taken from the actor's name); ``metrics=False``, or no run id, records none.
+    """
+
+    def __init__(self, run_id: str | None = None, metrics: bool = True, heartbeat_s: float = 5.0) -> None:
         self.counts = Counts()
+        self.metrics: RunMetrics | None = None
+        if metrics:
+            run_id = run_id or _run_id_of_this_actor()
+            if run_id:
+                try:
+                    self.metrics = RunMetrics(run_id, heartbeat_s=heartbeat_s)
+                except Exception:  # noqa: BLE001 - a run without metrics still runs
+                    self.metrics = None
 
-    def add(self, counts: dict[str, int]) -> None:
+    def add(self, counts: dict[str, int], by_status: dict[str, int] | None = None) -> None:
         self.counts.add(counts)
+        if self.metrics is not None:
+            self.metrics.record(counts, by_status)
 
     def snapshot(self) -> dict[str, int]:
         c = self.counts

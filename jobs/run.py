@@ -281,7 +281,7 @@ def run_job(args: argparse.Namespace) -> int:
 
 
 def _run_job(args: argparse.Namespace, console: contextlib.ExitStack, run_log) -> int:
-    from img2pose_core.bundle import BundleError, resolve_bundle
+    from img2pose_core.bundle import BundleError, bundle_files, bundle_ref, resolve_bundle
     from img2pose_core.flags import resolve_model_flags
 
     from .annotate import new_run_id
@@ -384,19 +384,17 @@ def _run_job(args: argparse.Namespace, console: contextlib.ExitStack, run_log) -
         "batch_size": batch_size,
         "compile": args.compile if on_gpu else "off",
     }
-    bundle_files = None
+    # A local bundle may not exist on other nodes: its reference then names a holder of its files, one
+    # actor of this run that keeps them while the driver lives (restarted model actors fetch them
+    # again) and that model actors look up by name.
     bundle_uri = str(bundle.uri)
-    if scheme_of(bundle_uri) in ("", "file"):
-        # A local bundle may not exist on other nodes: ship its files through one actor of this run
-        # that holds them while the driver lives (restarted model actors fetch them again), looked up
-        # by name. Only the files bundle.json names travel.
+    bundle_for_actors = bundle_ref(bundle, holder=f"img2pose-bundle-{run_id}")
+    if bundle_for_actors.holder is not None:
         from .stages import BundleFiles
 
-        names = [entry["path"] for entry in bundle.manifest["files"].values()] + ["bundle.json"]
-        bundle_files = f"img2pose-bundle-{run_id}"
         # Kept in a variable for the whole run: an actor without a live handle is destroyed.
-        bundle_holder = ray.remote(BundleFiles).options(name=bundle_files, num_cpus=0).remote(  # noqa: F841
-            {name: (bundle.root / name).read_bytes() for name in names})
+        bundle_holder = ray.remote(BundleFiles).options(name=bundle_for_actors.holder, num_cpus=0).remote(  # noqa: F841
+            bundle_files(bundle))
 
     form = f"Iceberg {tables.namespace}" if tables is not None else "Parquet"
     _log(
@@ -435,7 +433,7 @@ def _run_job(args: argparse.Namespace, console: contextlib.ExitStack, run_log) -
     counter = ray.remote(ProgressCounter).options(name=progress_name, num_cpus=0).remote()
     model_kwargs = {
         "progress": progress_name,
-        "bundle_uri": bundle_uri, "bundle_files": bundle_files, "bundle_digest": bundle.digest,
+        "bundle": bundle_for_actors,
         "predictor_kwargs": predictor_kwargs, "torch_threads": torch_threads,
         "storage_options": storage.options_for(bundle_uri), "shown_uri": bundle_shown, "keep_bytes": bool(args.crops),
     }  # fmt: skip

@@ -9,26 +9,23 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import stat
 import tarfile
-import uuid
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from img2pose_core.bundle import BundleRef, open_ref
 from img2pose_core.imageio import ImageDecodeError, decode_image, probe_jpeg
 
 from img2pose_core.uris import redact_text, redact_uri
 
 from .done import done_member_names, is_done
 from .inputs import classify_directory
-from .progress import batch_counts
+from .progress import batch_counts, status_counts
 from .reading import ReadLimits, read_concurrently, read_source
 from img2pose_core.output import FACES_SCHEMA
 from .storage import StorageConfig, join_uri
@@ -254,52 +251,26 @@ def load_images(batch: dict[str, np.ndarray], settings: LoadSettings) -> Iterato
     yield from flush(final=True)
 
 
-def _private_dir(path: Path) -> Path:
-    """``path`` as a folder that only this user can write (created 0700); refuses one that others can."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = os.lstat(path)
-    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
-        raise RuntimeError(f"{path} is not a plain folder (a symbolic link?): refusing to keep model files there")
-    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
-        raise RuntimeError(f"{path} belongs to another user or others may write it: refusing to keep model files there")
-    return path
-
-
-def materialise_bundle(files: dict[str, bytes], bundle_digest: str, cache_dir: Path | None = None) -> Path:
-    """Write a bundle shipped through the object store into this user's cache, keyed by its digest.
-
-    The folder is per user (``<cache>/shipped/<bundle digest>``, mode 0700, owned by this user) and
-    every file is compared with the shipped bytes on every use, so neither an earlier bundle with the
-    same weights nor a folder planted by someone else can stand in for this one.
-    """
-    from img2pose_core.bundle import default_cache_dir
-
-    root = _private_dir(Path(cache_dir or default_cache_dir()) / "shipped") / bundle_digest
-    root.mkdir(mode=0o700, exist_ok=True)
-    _private_dir(root)
-    # bundle.json last: until it matches, the folder is not this bundle.
-    for name, data in sorted(files.items(), key=lambda kv: kv[0] == "bundle.json"):
-        target = root / name
-        # Byte for byte: as exact as comparing digests, without hashing the weights twice per actor.
-        if target.is_file() and not target.is_symlink() and target.stat().st_size == len(data) and target.read_bytes() == data:
-            continue
-        tmp = root / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
-    return root
-
-
 class BundleFiles:
-    """A Ray actor that holds a local bundle's files for the run's model actors (created by the driver
-    with ``num_cpus=0`` under a per-run name). Model actors look it up by name rather than receiving
-    a reference in their constructor arguments: Ray Data restarts its actors, and Ray warns on every
-    run about restartable actors whose constructor arguments hold object references."""
+    """A Ray actor that holds a local bundle's files (:func:`img2pose_core.bundle.bundle_files`) for the
+    run's model actors, created by the driver with ``num_cpus=0`` under the holder name of the run's
+    :class:`~img2pose_core.bundle.BundleRef`. Model actors look it up by name rather than receiving a
+    reference in their constructor arguments: Ray Data restarts its actors, and Ray warns on every run
+    about restartable actors whose constructor arguments hold object references."""
 
     def __init__(self, files: dict[str, bytes]) -> None:
         self._files = files
 
     def files(self) -> dict[str, bytes]:
+        """The bundle's files by name, ``bundle.json`` among them."""
         return self._files
+
+
+def held_bundle_files(holder: str) -> dict[str, bytes]:
+    """The files that the run's :class:`BundleFiles` actor named ``holder`` keeps (``open_ref``'s ``fetch_files``)."""
+    import ray
+
+    return ray.get(named_actor(holder).files.remote())
 
 
 def named_actor(name: str) -> Any:
@@ -314,42 +285,36 @@ class ModelStage:
 
     def __init__(
         self,
-        bundle_uri: str | None,
-        bundle_files: dict[str, bytes] | str | None,  # the files, or the name of a BundleFiles actor
-        bundle_digest: str,
-        predictor_kwargs: dict[str, Any],
-        torch_threads: int | None,
+        bundle: BundleRef | str,
+        holder: str | None = None,
+        digest: str = "",
+        predictor_kwargs: dict[str, Any] | None = None,
+        torch_threads: int | None = None,
         storage_options: dict | None = None,
         shown_uri: str = "",
         keep_bytes: bool = True,
         progress: str | None = None,
     ) -> None:
+        """Open the run's bundle, checked against the driver's digest, and load the predictor.
+
+        ``bundle`` is the run's :class:`~img2pose_core.bundle.BundleRef`; a URI with its ``holder``
+        and ``digest`` stands for ``BundleRef(bundle, digest, holder)``.
+        """
         import torch
 
-        from img2pose_core.bundle import open_bundle
         from img2pose_core.predictor import Predictor
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.keep_bytes = keep_bytes  # the crops stage re-decodes the original bytes
         where = shown_uri or "the bundle"
+        uri = bundle.uri if isinstance(bundle, BundleRef) else str(bundle)
         try:
-            if bundle_files is not None:
-                if isinstance(bundle_files, str):  # the run's BundleFiles actor
-                    import ray
-
-                    bundle_files = ray.get(named_actor(bundle_files).files.remote())
-                bundle = open_bundle(materialise_bundle(bundle_files, bundle_digest))
-            else:
-                bundle = open_bundle(bundle_uri, storage_options=storage_options)
-            if bundle.digest != bundle_digest:
-                raise RuntimeError(
-                    f"it now holds bundle {bundle.digest[:12]}, not the {bundle_digest[:12]} the driver checked "
-                    "(changed during the run?)"
-                )
-            self.predictor = Predictor(bundle, **predictor_kwargs)
+            ref = bundle if isinstance(bundle, BundleRef) else BundleRef(uri, digest, holder)
+            opened = open_ref(ref, fetch_files=held_bundle_files, storage_options=storage_options)
+            self.predictor = Predictor(opened, **(predictor_kwargs or {}))
         except Exception as exc:  # noqa: BLE001 - say which bundle, not a cache path
-            raise RuntimeError(f"model actor could not load --bundle {where}: {redact_text(str(exc), [bundle_uri or ''])}") from None
+            raise RuntimeError(f"model actor could not load --bundle {where}: {redact_text(str(exc), [uri])}") from None
         self.model_sha256 = self.predictor.model_sha256
         self.progress_name, self._progress = progress, None  # the run's ProgressCounter actor, by name
 
@@ -361,7 +326,8 @@ class ModelStage:
             if self._progress is None:
                 self._progress = named_actor(self.progress_name)
             faces = pc.sum(table["num_faces"]).as_py() or 0
-            self._progress.add.remote(batch_counts(table["status"].to_pylist(), faces))
+            statuses = table["status"].to_pylist()
+            self._progress.add.remote(batch_counts(statuses, faces), status_counts(statuses))
         except Exception:  # noqa: BLE001
             pass
 

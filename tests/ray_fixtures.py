@@ -69,7 +69,8 @@ def ray_head(tmp_path_factory, s3_server) -> Iterator[RayHead]:
     try:
         yield head
     finally:
-        _stop_cluster([str(temp_dir), f"--port={client_port}"])
+        # The session is over: nothing of this cluster needs more than a few seconds to end gracefully.
+        _stop_cluster([str(temp_dir), f"--port={client_port}"], timeout_s=5.0)
 
 
 def _stop_cluster(markers: list[str], timeout_s: float = 20.0, gentle: bool = True) -> None:

@@ -362,29 +362,6 @@ def test_missing_bundle_says_how_to_provide_one(tmp_path):
     assert "--bundle" in proc.stderr and "IMG2POSE_BUNDLE" in proc.stderr, proc.stderr[-2000:]
 
 
-def test_ray_job_submit_with_working_dir(ray_head, golden_bundle, golden_dir, tmp_path):
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for i in range(3):
-        (corpus / f"s{i}.jpg").write_bytes(_picture(golden_dir, "astronaut.jpg", 128, 900 + i))
-    out = tmp_path / "out"
-    cmd = [
-        str(Path(sys.executable).with_name("ray")), "job", "submit", "--address", ray_head.dashboard_url,
-        "--runtime-env", str(ROOT / "cluster" / "runtime_env.yaml"), "--working-dir", str(ROOT), "--",
-        "python", "jobs/annotate.py", "--input", str(corpus), "--output", str(out),
-        "--bundle", str(golden_bundle), "--run-id", "submitted", *MODEL_ARGS,
-    ]  # fmt: skip
-    env = dict(ray_head.env)
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
-    assert "succeeded" in (proc.stdout + proc.stderr).lower()
-    faces, images = _read_tables(str(out))
-    assert images.num_rows == 3 and set(images["status"].to_pylist()) == {"ok"}
-    _check_consistency(faces, images)
-    assert json.loads((out / "runs" / "submitted.json").read_text())["counts"]["images"] == 3
-
-
 def test_readme_queries_run_on_a_job_output(ray_head, golden_bundle, golden_dir, tmp_path):
     """Two runs over the same inputs (a folder, a CSV manifest with a caption kept, a glob), plain
     Parquet: every reader reads the tables as they are, and the README's queries count each image once."""

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 
-import img2pose_core.bundle as bundle_mod
+import img2pose_core.bundle.fetch as bundle_mod
 from img2pose_core.bundle import (
     BundleError,
     create_bundle,

@@ -19,11 +19,13 @@ import sys
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
 from conftest import ROOT, needs_golden
 from doc_commands import shell_lines
+from test_annotate import _check_consistency
 from ray_fixtures import RAY, ray_head  # noqa: F401
 from s3_fixtures import s3_client, s3_server  # noqa: F401
 
@@ -108,6 +110,9 @@ def test_documented_ray_job_submit_runs_on_a_real_cluster(ray_head, s3_server, g
     images = [pq.read_table(io.BytesIO(client.get_object(Bucket=out_bucket, Key=k)["Body"].read()))
               for k in keys if "/images/" in k and k.endswith(".parquet")]  # fmt: skip
     con = duckdb.connect()
-    con.register("images", __import__("pyarrow").concat_tables(images))
+    con.register("images", pa.concat_tables(images))
     by_status = dict(con.sql("SELECT status, count(*) FROM images GROUP BY status").fetchall())
     assert by_status == {"ok": 4, "not_an_image": 1}
+    faces = [pq.read_table(io.BytesIO(client.get_object(Bucket=out_bucket, Key=k)["Body"].read()))
+             for k in keys if "/faces/" in k and k.endswith(".parquet")]  # fmt: skip
+    _check_consistency(pa.concat_tables(faces), pa.concat_tables(images))

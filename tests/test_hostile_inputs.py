@@ -439,7 +439,7 @@ def test_only_the_documented_formats_are_decoded():
 # --- the shipped bundle cache --------------------------------------------------------------------
 def test_shipped_bundle_cache_is_per_bundle_private_and_verified(golden_bundle, tmp_path):
     from img2pose_core.bundle import create_bundle, open_bundle
-    from jobs.stages import materialise_bundle
+    from img2pose_core.bundle import materialise_bundle
 
     first = open_bundle(golden_bundle)
     files = first.manifest["files"]

@@ -93,6 +93,20 @@ def test_a_run_of_200_images_prints_a_handful_of_lines(ray_head, bundle_05, smal
     assert "images   200 (ok 200)" in proc.stdout
     manifest = json.loads((tmp_path / "out" / "runs" / "r200.json").read_text())
     assert manifest["model"]["threshold"] == 0.5 and manifest["arguments"]["threshold"] is None
+    # The same counts as Ray metrics on the cluster's Prometheus endpoints (docs/operations.md,
+    # "Monitoring"): the model actors' batches, added up by the run's counter actor, whose last counts
+    # reach its node's endpoint when the run ends. Scraped where a Prometheus would find them: the targets
+    # of the head's service-discovery file.
+    from jobs.progress import METRICS
+    from ray_metrics import discovery_targets, poll, run_values, scrape
+
+    def counted():
+        samples = scrape(discovery_targets(ray_head.temp_dir))
+        return samples if run_values(samples, METRICS["images"].exported, "r200", "status") == {"ok": 200} else None
+
+    samples = poll("ray_img2pose_images_total{run_id='r200'} == {ok: 200}", counted, timeout_s=60)
+    faces = manifest["counts"]["faces"]
+    assert run_values(samples, METRICS["faces"].exported, "r200") == ({None: faces} if faces else {})
     # The console, kept beside the manifest: the run line, the progress lines and the summary; the lease
     # is gone with the run.
     log = (tmp_path / "out" / "runs" / "r200.log").read_text()

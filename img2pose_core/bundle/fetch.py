@@ -1,0 +1,167 @@
+"""HTTP downloads for bundles: streamed to a temp file, retried, with progress on stderr.
+
+Google Drive answers a large file with a "can't scan this file for viruses" HTML page instead of the
+file; :func:`download` recognises it and submits its confirm form.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urljoin
+
+from .files import CHUNK, temp_beside
+from .format import BundleError
+
+__all__ = ["DOWNLOAD_BACKOFF_S", "DOWNLOAD_RETRIES", "DOWNLOAD_TIMEOUT", "download"]
+
+DOWNLOAD_TIMEOUT = (30.0, 120.0)  # connect, read (seconds)
+DOWNLOAD_RETRIES = 4
+DOWNLOAD_BACKOFF_S = 0.5
+
+
+class _ConfirmPageParser(HTMLParser):
+    """Collects the forms of an HTML page (action, method, named inputs) and the links with ``confirm=``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forms: list[dict] = []
+        self.confirm_links: list[str] = []
+        self._form: dict | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "form":
+            self._form = {"action": a.get("action", ""), "method": a.get("method", "get").lower(), "inputs": {}}
+            self.forms.append(self._form)
+        elif tag == "input" and self._form is not None and a.get("name"):
+            self._form["inputs"][a["name"]] = a.get("value", "")
+        elif tag == "a" and "confirm=" in a.get("href", ""):
+            self.confirm_links.append(a["href"])
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "form":
+            self._form = None
+
+
+def _confirm_url(page: str, page_url: str) -> str | None:
+    """The URL that Google Drive's "can't scan for viruses" page submits to, or None if it has none."""
+    parser = _ConfirmPageParser()
+    parser.feed(page)
+    for form in parser.forms:
+        if form["method"] == "get" and ("confirm" in form["inputs"] or "uuid" in form["inputs"]):
+            action = urljoin(page_url, form["action"] or page_url)
+            return action + ("&" if "?" in action else "?") + urlencode(form["inputs"])
+    if parser.confirm_links:  # the older page: a plain link carrying the confirm token
+        return urljoin(page_url, parser.confirm_links[0])
+    return None
+
+
+class _Progress:
+    """A one-line download progress report on stderr (redrawn on a terminal, else start and end only)."""
+
+    def __init__(self, label: str, total: int | None, enabled: bool) -> None:
+        self.label, self.total, self.enabled = label, total, enabled
+        self.tty = enabled and sys.stderr.isatty()
+        self.done, self.last = 0, 0.0
+        if enabled and not self.tty:
+            print(f"img2pose: downloading {label}{self._size(total)}", file=sys.stderr, flush=True)
+
+    @staticmethod
+    def _size(n: int | None) -> str:
+        return f" ({n / 1e6:.1f} MB)" if n else ""
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.tty and now - self.last > 0.2:
+            self.last = now
+            total = f" / {self.total / 1e6:.1f}" if self.total else ""
+            print(f"\rimg2pose: downloading {self.label}: {self.done / 1e6:.1f}{total} MB", end="", file=sys.stderr)
+
+    def finish(self) -> None:
+        if self.enabled:
+            lead = "\r" if self.tty else ""
+            print(f"{lead}img2pose: downloaded {self.label}: {self.done / 1e6:.1f} MB", file=sys.stderr, flush=True)
+
+
+def download(url: str, dest: str | Path, *, progress: bool = True, expect_binary: bool = True) -> Path:
+    """Stream ``url`` to ``dest`` through a temp file beside it; retries 5xx and connection errors.
+
+    When ``expect_binary`` and the server answers with an HTML page, the page is taken for Google
+    Drive's "can't scan for viruses" warning: its confirm form is submitted and the file fetched from
+    there. A 4xx answer, or an HTML page without such a form, raises :class:`BundleError` naming ``url``.
+    """
+    import requests
+
+    transient = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+    dest = Path(dest)
+    target, confirms, attempt = url, 0, 0
+    with requests.Session() as session:
+        while True:
+            try:
+                with session.get(target, stream=True, timeout=DOWNLOAD_TIMEOUT) as resp:
+                    if resp.status_code >= 500 or resp.status_code == 429:
+                        raise _Retry(f"HTTP {resp.status_code} {resp.reason}")
+                    if resp.status_code >= 400:
+                        raise BundleError(f"{url}: HTTP {resp.status_code} {resp.reason}" + _via(target, url))
+                    if expect_binary and "text/html" in resp.headers.get("Content-Type", ""):
+                        next_url = _confirm_url(resp.text, resp.url)
+                        if next_url is None or confirms >= 2:
+                            raise BundleError(_html_instead_of_file(url, target))
+                        target, confirms = next_url, confirms + 1
+                        continue
+                    _stream_to(resp, dest, url, progress)
+                    return dest
+            except (_Retry, *transient) as exc:
+                attempt += 1
+                if attempt > DOWNLOAD_RETRIES:
+                    message = f"{url}: download failed after {attempt} attempts ({exc})" + _via(target, url)
+                    raise BundleError(message) from exc
+                delay = DOWNLOAD_BACKOFF_S * 2 ** (attempt - 1)
+                if progress:
+                    print(f"img2pose: {url}: {exc}; retrying in {delay:.1f} s", file=sys.stderr, flush=True)
+                time.sleep(delay)
+            except requests.RequestException as exc:  # a malformed URL, too many redirects ...
+                raise BundleError(f"{url}: download failed ({exc})" + _via(target, url)) from exc
+
+
+class _Retry(Exception):
+    """A transient server answer (5xx, 429) worth another try."""
+
+
+def _via(target: str, url: str) -> str:
+    return f" (via {target})" if target != url else ""
+
+
+def _html_instead_of_file(url: str, target: str) -> str:
+    return (
+        f"{url}: the server sent an HTML page instead of the file{_via(target, url)}. Google Drive does this when "
+        "the file's download quota is exceeded or it is no longer shared. Download the model zoo zip in a browser "
+        "and build the bundle with `img2pose bundle create`, or point IMG2POSE_URL_ZOO_ZIP at a mirror."
+    )
+
+
+def _stream_to(resp: Any, dest: Path, url: str, progress: bool) -> None:
+    """Write a streamed response to ``dest`` atomically; a short body is a transient error."""
+    length = resp.headers.get("Content-Length")
+    total = int(length) if length and length.isdigit() and not resp.headers.get("Content-Encoding") else None
+    bar = _Progress(url.split("?")[0].rsplit("/", 1)[-1] or url, total, progress)
+    f, tmp = temp_beside(dest)
+    try:
+        with f:
+            for chunk in resp.iter_content(CHUNK):
+                f.write(chunk)
+                bar.update(len(chunk))
+        if total is not None and bar.done != total:
+            raise _Retry(f"connection closed after {bar.done} of {total} bytes")
+        os.replace(tmp, dest)
+        bar.finish()
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
