@@ -146,39 +146,9 @@ class ImageFaces:
 
 def _faces_arrow(faces: ImageFaces, values: dict[str, str | None]) -> "pyarrow.Table":
     """The faces table rows of ``faces``; ``values`` holds the per-image string columns (None: null)."""
-    import pyarrow as pa
+    from .face_rows import face_lists, face_rows
 
-    from .output import FACES_SCHEMA
-
-    n = len(faces)
-    boxes, poses, angles = faces.boxes.reshape(n, 4), faces.poses.reshape(n, 6), faces.yaw_pitch_roll.reshape(n, 3)
-    columns: dict[str, Any] = {
-        "face_index": np.arange(n),
-        "score": faces.scores,
-        "box_x1": boxes[:, 0], "box_y1": boxes[:, 1], "box_x2": boxes[:, 2], "box_y2": boxes[:, 3],
-        "rx": poses[:, 0], "ry": poses[:, 1], "rz": poses[:, 2],
-        "tx": poses[:, 3], "ty": poses[:, 4], "tz": poses[:, 5],
-        "yaw": angles[:, 0], "pitch": angles[:, 1], "roll": angles[:, 2],
-        "landmarks_5": faces.landmarks_5.reshape(n, 10),
-        "align_matrix": faces.align_matrices.reshape(n, 6),
-        "crop_uri": None,
-        **values,
-    }  # fmt: skip
-    schema, arrays = FACES_SCHEMA, []
-    for i, field in enumerate(FACES_SCHEMA):
-        value = columns[field.name]
-        if value is None or isinstance(value, str):
-            if value is None and not field.nullable:
-                schema = schema.set(i, field.with_nullable(True))
-            arrays.append(pa.array([value] * n, field.type))
-        elif pa.types.is_fixed_size_list(field.type):
-            item = field.type.value_type.to_pandas_dtype()
-            flat = pa.array(np.ascontiguousarray(value, dtype=item).reshape(-1), field.type.value_type)
-            arrays.append(pa.FixedSizeListArray.from_arrays(flat, type=field.type))
-        else:
-            # numpy casts (float64 -> float32 ...) as the job's table does; pyarrow would refuse to truncate.
-            arrays.append(pa.array(np.asarray(value, dtype=field.type.to_pandas_dtype()), field.type))
-    return pa.Table.from_arrays(arrays, schema=schema)
+    return face_rows(face_lists([faces])[1], values)
 
 
 def faces_table(

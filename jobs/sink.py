@@ -30,7 +30,8 @@ import pyarrow.parquet as pq
 from ray.data.block import Block, BlockAccessor
 from ray.data.datasource.datasink import Datasink, WriteResult
 
-from img2pose_core.output import FACES_SCHEMA, IMAGES_SCHEMA, NOT_WRITTEN, PART_PATTERN
+from img2pose_core.face_rows import face_rows
+from img2pose_core.output import IMAGES_SCHEMA, NOT_WRITTEN, PART_PATTERN
 
 from .storage import StorageConfig, join_uri, with_retries
 
@@ -98,20 +99,8 @@ def images_table(
 
 def explode_faces(table: pa.Table, run_id: str, model_sha256: str) -> pa.Table:
     """The ``faces`` rows of a block: each image's list of faces, one row per face."""
-    faces = table["faces"].combine_chunks()
-    parents = pc.list_parent_indices(faces)
-    flat = pc.list_flatten(faces)
-    n = len(flat)
-    columns = {
-        "run_id": pa.array([run_id] * n, pa.string()),
-        "image_uri": pc.take(table["image_uri"], parents),
-        "image_sha256": pc.take(table["image_sha256"], parents),
-    }
-    for field in FACES_SCHEMA:
-        if field.name not in columns and field.name != "model_sha256":
-            columns[field.name] = flat.field(field.name)
-    columns["model_sha256"] = pa.array([model_sha256] * n, pa.string())
-    return pa.table(columns, schema=FACES_SCHEMA)
+    return face_rows(table["faces"], {"run_id": run_id, "image_uri": table["image_uri"],
+                                      "image_sha256": table["image_sha256"], "model_sha256": model_sha256})
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:

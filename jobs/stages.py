@@ -27,7 +27,7 @@ from .done import done_member_names, is_done
 from .inputs import classify_directory
 from .progress import batch_counts, status_counts
 from .reading import ReadLimits, read_concurrently, read_source
-from img2pose_core.output import FACES_SCHEMA
+from img2pose_core.face_rows import FACE_FIELDS, FACE_STRUCT, face_lists
 from .storage import StorageConfig, join_uri
 
 __all__ = [
@@ -41,11 +41,6 @@ __all__ = [
     "object_column",
 ]
 
-# Per-face columns carried inside the per-image ``faces`` list (the faces table adds the image's own).
-FACE_FIELDS = [
-    f for f in FACES_SCHEMA if f.name not in ("run_id", "image_uri", "image_sha256", "model_sha256")
-]
-FACE_STRUCT = pa.struct(FACE_FIELDS)
 _EMPTY = np.zeros((0, 0, 3), np.uint8)
 
 
@@ -400,43 +395,7 @@ class ModelStage:
     def _table(self, batch, statuses: list[str], errors: list, results: dict) -> pa.Table:
         n = len(statuses)
         per_image = [results.get(i) if statuses[i] == "ok" else None for i in range(n)]
-        counts = np.array([len(f) if f is not None else 0 for f in per_image], dtype=np.int32)
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-        present = [f for f in per_image if f is not None and len(f)]
-
-        def cat(attr: str, shape: tuple, dtype) -> np.ndarray:
-            arrays = [getattr(f, attr) for f in present]
-            return np.concatenate(arrays).astype(dtype) if arrays else np.zeros((0,) + shape, dtype)
-
-        scores = cat("scores", (), np.float32)
-        boxes = cat("boxes", (4,), np.float32)
-        poses = cat("poses", (6,), np.float64)
-        angles = cat("yaw_pitch_roll", (3,), np.float64)
-        lms = cat("landmarks_5", (5, 2), np.float32).reshape(-1, 10)
-        mats = cat("align_matrices", (2, 3), np.float64).reshape(-1, 6)
-        total = int(offsets[-1])
-        face_index = np.concatenate([np.arange(c, dtype=np.int32) for c in counts]) if total else np.zeros(0, np.int32)
-        columns = {
-            "face_index": face_index,
-            "score": scores,
-            "box_x1": boxes[:, 0], "box_y1": boxes[:, 1], "box_x2": boxes[:, 2], "box_y2": boxes[:, 3],
-            "rx": poses[:, 0], "ry": poses[:, 1], "rz": poses[:, 2],
-            "tx": poses[:, 3], "ty": poses[:, 4], "tz": poses[:, 5],
-            "yaw": angles[:, 0], "pitch": angles[:, 1], "roll": angles[:, 2],
-            "landmarks_5": pa.FixedSizeListArray.from_arrays(
-                pa.array(lms.reshape(-1), pa.float32()), type=FACE_STRUCT.field("landmarks_5").type
-            ),
-            "align_matrix": pa.FixedSizeListArray.from_arrays(
-                pa.array(mats.reshape(-1), pa.float64()), type=FACE_STRUCT.field("align_matrix").type
-            ),
-            "crop_uri": pa.nulls(total, pa.string()),
-        }  # fmt: skip
-        struct = pa.StructArray.from_arrays(
-            [pa.array(columns[f.name], f.type) if not isinstance(columns[f.name], pa.Array) else columns[f.name]
-             for f in FACE_FIELDS],
-            fields=FACE_FIELDS,
-        )  # fmt: skip
-        faces = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), struct, type=pa.list_(FACE_STRUCT))
+        counts, faces = face_lists(per_image)
         net_w = [f.network_size[0] if f is not None else None for f in per_image]
         net_h = [f.network_size[1] if f is not None else None for f in per_image]
         ok_mask = np.array([s == "ok" for s in statuses])
