@@ -42,8 +42,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 # What the check needs of ../shared/golden (carried to the device machine in .gpu_check/golden).
 GOLDEN_FILES = (

@@ -1,7 +1,7 @@
 """Load test of the annotation job: thousands of small images through jobs/annotate.py on this machine,
 every image accounted for, memory bounded.
 
-    python benchmarks/load.py [--images 5000] [--size 64x48] [--workdir DIR] [--bundle B] [--json FILE]
+    python -m benchmarks.load [--images 5000] [--size 64x48] [--workdir DIR] [--bundle B] [--json FILE]
 
 Writes ``--images`` JPEGs (crops of the golden photographs resized to ``--size``) in folders of 1000,
 so that the job lists them in parallel tasks; builds a bundle of the golden checkpoint unless
@@ -37,10 +37,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks._common import bundle_from_golden, golden_dir, machine_header, machine_info, write_json  # noqa: E402
+from benchmarks._common import ROOT, bundle_from_golden, golden_dir, machine_header, machine_info, write_json
 
 GIB = 1 << 30
 
@@ -195,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     out = work / "out"
     run_id = f"load-{int(time.time())}"
     cmd = [
-        sys.executable, str(ROOT / "jobs" / "annotate.py"), "--input", str(work / "corpus"), "--output", str(out),
+        sys.executable, "-m", "jobs.annotate", "--input", str(work / "corpus"), "--output", str(out),
         "--bundle", bundle, "--run-id", run_id, "--min-size", "32", "--max-size", "64", "--threshold", "0.5",
         *args.job_args,
     ]  # fmt: skip
@@ -205,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     print("job:", " ".join(cmd[1:]), flush=True)
     started = time.perf_counter()
     with open(work / "job.err", "w") as err:
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
         sampler = Sampler(proc.pid)
         sampler.start()
         stdout, _ = proc.communicate()

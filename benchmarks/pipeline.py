@@ -1,6 +1,6 @@
 """Whole-job throughput of jobs/annotate.py next to the bare predictor, on the same images and settings.
 
-    python benchmarks/pipeline.py [--images 64] [--min-size 256 --max-size 512] [--runs 1]
+    python -m benchmarks.pipeline [--images 64] [--min-size 256 --max-size 512] [--runs 1]
 
 Generates N JPEGs (crops of the golden photographs, 320x240 by default), builds a bundle from the
 golden checkpoint, then measures side by side in one run:
@@ -9,7 +9,7 @@ golden checkpoint, then measures side by side in one run:
   ``Predictor.predict`` (the same work the job does per image, without Ray);
 - the bare predictor as one single-threaded process per CPU, each on its share of the files (the
   layout the job uses on CPU), timed together after their warm-up;
-- the job: ``python jobs/annotate.py`` on a local Ray; its images/s is taken over the pipeline's
+- the job: ``python -m jobs.annotate`` on a local Ray; its images/s is taken over the pipeline's
   execution (from the run manifest), and the whole command's wall time (Ray start-up included) is
   shown too.
 
@@ -33,9 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._common import ROOT, bundle_from_golden, golden_dir, machine_header, machine_info, write_json  # noqa: E402
+from benchmarks._common import ROOT, bundle_from_golden, golden_dir, machine_header, machine_info, write_json
 
 
 def make_images(folder: Path, n: int, size: tuple[int, int], golden: Path) -> list[Path]:
@@ -119,12 +117,12 @@ def job(folder: Path, bundle: Path, out: Path, args) -> tuple[float, float, dict
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
     cmd = [
-        sys.executable, str(ROOT / "jobs" / "annotate.py"), "--input", str(folder), "--output", str(out),
+        sys.executable, "-m", "jobs.annotate", "--input", str(folder), "--output", str(out),
         "--bundle", str(bundle), "--min-size", str(args.min_size), "--max-size", str(args.max_size),
         "--threshold", str(args.threshold), "--batch-size", str(args.batch_size), "--run-id", "bench",
     ]  # fmt: skip
     start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"the job failed:\n{proc.stderr[-3000:]}")

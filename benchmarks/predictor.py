@@ -13,16 +13,14 @@ Measures, in one run:
 
 The original loop is kept here only, as the yardstick; it is not part of the package.
 
-    .venv/bin/python benchmarks/predictor.py [--device cpu|cuda|auto] [--runs 3] [--json out.json]
+    .venv/bin/python -m benchmarks.predictor [--device cpu|cuda|auto] [--runs 3] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,8 +28,7 @@ from scipy.spatial.transform import Rotation
 from torch import Tensor
 from torchvision.ops import batched_nms
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common  # noqa: E402
+from benchmarks import _common
 
 # Post-processing outputs are compared with these tolerances (the golden README's, tighter for poses).
 TOL = {"boxes": 1.0, "scores": 1e-6, "dofs": 1e-6}

@@ -11,8 +11,8 @@ process with its own local Ray, side by side:
 For each: seconds, the driver's peak resident memory, the largest Ray worker's peak, and the peak
 of all Ray workers together (PSS, which splits shared pages fairly), sampled every 0.2 s.
 
-    python benchmarks/skip_existing.py                    # 10 million URIs, half done
-    python benchmarks/skip_existing.py --uris 1000000 --json skip.json
+    python -m benchmarks.skip_existing                    # 10 million URIs, half done
+    python -m benchmarks.skip_existing --uris 1000000 --json skip.json
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 ROWS_PER_FILE = 200_000
 
@@ -215,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         for spec in args.modes.split(","):
             mode, _, parts = spec.partition(":")
             out = subprocess.run(
-                [sys.executable, __file__, "--uris", str(args.uris), "--partitions", parts or str(partitions),
-                 "--_one", mode, "--_files", str(listing)], capture_output=True, text=True, check=False,
+                [sys.executable, "-m", "benchmarks.skip_existing", "--uris", str(args.uris), "--partitions", parts or str(partitions),
+                 "--_one", mode, "--_files", str(listing)], cwd=ROOT, capture_output=True, text=True, check=False,
             )  # fmt: skip
             if out.returncode != 0:
                 print(out.stderr[-3000:], file=sys.stderr)

@@ -1,7 +1,7 @@
 """Speed of the predictor: images/s by batch size and setting, the fast path vs the original way,
 memory, GPU utilisation, and the error of reduced precision against fp32.
 
-    python benchmarks/speed.py [--device auto] [--images 8] [--batch-sizes 1,8] [--settings 640:1400,400:1400]
+    python -m benchmarks.speed [--device auto] [--images 8] [--batch-sizes 1,8] [--settings 640:1400,400:1400]
 
 Images are 1280x720 crops of the golden photographs (all the same size, so batches are exact). Every
 figure is the median of ``--runs`` timed runs after a warm-up, on the device named in the header.
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -33,9 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._common import (  # noqa: E402
+from benchmarks._common import (
     bundle_from_golden,
     format_table,
     golden_dir,

@@ -221,12 +221,10 @@ def read_image_bytes(uri: str | os.PathLike, *, storage_options: dict | None = N
     scheme = scheme_of(text)
     if scheme in ("", "file"):
         return _read_local(normalise_local(text) if scheme else text, shown)
-    from .bundle import _storage_options  # the bundles' reading of the same variables
+    from .storage import env_s3_endpoint, open_fs, with_s3_endpoint
 
     try:
-        from fsspec.core import url_to_fs
-
-        fs, path = url_to_fs(text, **_storage_options(text, storage_options))
+        fs, path = open_fs(text, with_s3_endpoint(text, storage_options, env_s3_endpoint()))
         return fs.cat_file(path)
     except FileNotFoundError:
         raise ImageDecodeError("unreadable", f"cannot read {shown}: not found") from None

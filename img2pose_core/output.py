@@ -29,6 +29,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from .storage import env_s3_endpoint, open_fs, with_s3_endpoint
+
 __all__ = [
     "SCHEMA_VERSION",
     "FACES_SCHEMA",
@@ -240,20 +242,12 @@ class OutputError(ValueError):
 
 def storage_options(uri: str, s3_endpoint_url: str | None = None) -> dict:
     """fsspec options for ``uri``: an S3 endpoint (argument, else ``$AWS_ENDPOINT_URL``) for s3:// URLs."""
-    import os
-
-    protocol = uri.split("://", 1)[0].lower() if "://" in uri else "file"
-    if protocol in ("s3", "s3a"):
-        endpoint = s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
-        return {"endpoint_url": endpoint} if endpoint else {}
-    return {}
+    return with_s3_endpoint(uri, None, s3_endpoint_url or env_s3_endpoint())
 
 
-def filesystem(uri: str, s3_endpoint_url: str | None = None):
+def filesystem(uri: str, s3_endpoint_url: str | None = None) -> tuple[Any, str]:
     """``(fsspec filesystem, path)`` of ``uri``."""
-    from fsspec.core import url_to_fs
-
-    return url_to_fs(uri, **storage_options(uri, s3_endpoint_url))
+    return open_fs(uri, storage_options(uri, s3_endpoint_url))
 
 
 def _with_extra_columns(base: pa.Schema, schemas: list[pa.Schema]) -> pa.Schema:

@@ -13,7 +13,9 @@ by ``REDACTED`` and keeps the rest of the URI byte for byte, so the row still sa
   differing only in their ``token`` may be two images) and rows must stay distinct. The digest is short
   on purpose: it tells rows apart, it does not help guess a strong secret.
 
-Pure string work, no I/O: the jobs, the bundle code and the report all use it.
+The one place that says what a URI's scheme is and whether it is local (:func:`scheme_of`,
+:func:`is_local_uri`), and joins URIs (:func:`join_uri`). Pure string work, no I/O: the jobs, the
+bundle code, the report and :mod:`img2pose_core.storage` all use it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import posixpath
 import re
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["REDACTED", "redact_uri", "redact_text", "normalise_local", "is_url", "scheme_of"]
+__all__ = ["REDACTED", "redact_uri", "redact_text", "normalise_local", "is_url", "is_local_uri", "scheme_of", "join_uri"]
 
 REDACTED = "REDACTED"
 
@@ -56,6 +58,23 @@ def scheme_of(uri: str) -> str:
 def is_url(uri: str) -> bool:
     """Whether ``uri`` has a scheme (``s3://``, ``https://`` ...), not a plain local path."""
     return bool(scheme_of(uri))
+
+
+def is_local_uri(uri: str) -> bool:
+    """Whether ``uri`` names this machine's files, as fsspec reads it: a plain path or a ``file://`` URL.
+
+    One-letter schemes are Windows drive letters; a chained fsspec URL (``simplecache::s3://...``) is remote.
+    """
+    first, chained, _ = uri.partition("::")
+    if chained and re.fullmatch(r"[A-Za-z][A-Za-z0-9+.\-]+", first):
+        return False
+    scheme = scheme_of(uri)
+    return len(scheme) <= 1 or scheme == "file"
+
+
+def join_uri(base: str, *parts: str) -> str:
+    """``base`` with ``parts`` appended by ``/`` (works for local paths and URLs alike)."""
+    return "/".join([base.rstrip("/")] + [p.strip("/") for p in parts])
 
 
 def _digest(secret: str) -> str:

@@ -1,7 +1,9 @@
 """Annotate every face of an image corpus with img2pose: Parquet ``faces`` and ``images`` tables.
 
-Locally:      python jobs/annotate.py --input DIR_OR_URL --output DIR_OR_URL [--bundle B]
-On a cluster: ray job submit --working-dir . -- python jobs/annotate.py --input s3://... --output s3://...
+Locally:      python -m jobs.annotate --input DIR_OR_URL --output DIR_OR_URL [--bundle B]
+              (or, where the project is installed: img2pose annotate ...)
+On a cluster: ray job submit --runtime-env cluster/runtime_env.yaml -- python -m jobs.annotate ...
+              (from the repository root: docs/operations.md)
 
 See ``--help`` for every flag, docs/schema.md for the tables and README.md for examples.
 """
@@ -10,17 +12,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import uuid
-from datetime import datetime, timezone
-from pathlib import Path
-
-if __package__ in (None, ""):
-    # Run as a script (python jobs/annotate.py): make the repository root importable.
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from img2pose_core.flags import COMMON, HelpFormatter, add_model_flags, finite_number, model_flag_error, positive_int
 
-__all__ = ["build_parser", "parse_args", "main", "new_run_id"]
+__all__ = ["build_parser", "parse_args", "main"]
 
 
 def _concurrency(text: str) -> tuple[int, int]:
@@ -210,10 +205,6 @@ def parse_args(argv: list[str] | None = None, prog: str = "annotate.py") -> argp
 
 def _safe_name(text: str) -> bool:
     return bool(text) and all(c.isalnum() or c in "-_." for c in text) and not text.startswith(".")
-
-
-def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
 def main(argv: list[str] | None = None, prog: str = "annotate.py") -> int:

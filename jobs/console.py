@@ -22,7 +22,7 @@ import re
 import threading
 from types import TracebackType
 
-__all__ = ["NO_ACTION_LINES", "ConsoleFilter", "drop_lines"]
+__all__ = ["NO_ACTION_LINES", "ConsoleFilter", "drop_lines", "log"]
 
 # Whole lines that need no action. Each names the Ray issue that makes it appear.
 NO_ACTION_LINES = (
@@ -30,6 +30,13 @@ NO_ACTION_LINES = (
     re.compile(rb"core_worker\.cc:\d+: Actor with class name: .* has constructor arguments in the object store "
                rb"and max_restarts > 0"),  # fmt: skip
 )
+
+
+def log(message: str) -> None:
+    """One line of the job's own on the console (stderr), marked as the job's."""
+    import sys
+
+    print(f"[annotate] {message}", file=sys.stderr, flush=True)
 
 
 def drop_lines(data: bytes, patterns=NO_ACTION_LINES) -> tuple[bytes, bytes]:

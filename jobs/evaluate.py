@@ -1,19 +1,19 @@
 """Evaluate an img2pose bundle on AFLW2000-3D, BIWI or WIDER FACE val with the authors' protocols.
 
-    python jobs/evaluate.py --bundle B --benchmark aflw2000 --data AFLW2000/ --output reports/aflw.json
-    python jobs/evaluate.py --bundle B --benchmark biwi --data BIWI_annotations.txt --root BIWI/hpdb/ --output reports/biwi.json
-    python jobs/evaluate.py --bundle B --benchmark wider --data WIDER_val/ --output reports/wider.json [--multiscale]
+    python -m jobs.evaluate --bundle B --benchmark aflw2000 --data AFLW2000/ --output reports/aflw.json
+    python -m jobs.evaluate --bundle B --benchmark biwi --data BIWI_annotations.txt --root BIWI/hpdb/ --output reports/biwi.json
+    python -m jobs.evaluate --bundle B --benchmark wider --data WIDER_val/ --output reports/wider.json [--multiscale]
 
 Writes a JSON report and a Markdown table beside it (same name, ``.md``). Protocol defaults: AFLW2000-3D
 min size 400, RPN 500/10, threshold 0; BIWI min size 700, RPN 500/10, threshold 0.9 (used to pick the
 face, not to drop frames); WIDER FACE the bundle's sizes, threshold 0 (``--multiscale``: min sizes
 200…1700 with horizontal flips and box voting). The protocols are the authors' notebooks'; see
-``img2pose_core/evaluation.py`` and docs/training.md. Unlike every other command, the threshold is the
+``img2pose_core/evaluation/`` and docs/training.md. Unlike every other command, the threshold is the
 protocol's, never the bundle's: it is part of the benchmark's definition (``--threshold`` overrides it).
 
 ``--data`` for AFLW2000-3D: the folder of ``.jpg`` + ``.mat`` files (or a list file of its images); for
 BIWI: the frame list (``frame_NNNNN_rgb.png`` paths, relative to ``--root``), each frame read with its
-``_pose.txt``, or the ``biwi_gt.json`` that ``prepare_dataset.py --format biwi`` makes of them.
+``_pose.txt``, or the ``biwi_gt.json`` that ``python -m jobs.prepare_dataset --format biwi`` makes of them.
 """
 
 from __future__ import annotations
@@ -22,9 +22,6 @@ import argparse
 import sys
 import time
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from img2pose_core.flags import RawDescriptionHelpFormatter, add_model_flags, model_flag_error
 

@@ -1,8 +1,8 @@
 """Turn the authors' annotation format into Parquet training shards with pose labels and pose statistics.
 
-    python jobs/prepare_dataset.py --train-list WIDER_train_annotations.txt --val-list WIDER_val_annotations.txt \
+    python -m jobs.prepare_dataset --train-list WIDER_train_annotations.txt --val-list WIDER_val_annotations.txt \
         --bundle BUNDLE --output s3://bucket/img2pose/wider/
-    python jobs/prepare_dataset.py --format biwi --frame-list BIWI_annotations.txt --root BIWI/hpdb/ \
+    python -m jobs.prepare_dataset --format biwi --frame-list BIWI_annotations.txt --root BIWI/hpdb/ \
         --output biwi_gt.json
 
 Input: a list file (local or any fsspec URL) naming one JSON per line (paths relative to the list file);
@@ -38,10 +38,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import numpy as np  # imported where used: --help must not wait for numpy
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from img2pose_core.flags import RawDescriptionHelpFormatter
+from img2pose_core.storage import StorageConfig
 
 __all__ = ["build_parser", "main", "read_annotation_list", "label_image", "prepare_split", "convert_biwi", "parse_args"]
 
@@ -80,16 +78,19 @@ def _dirname(path: str) -> str:
     return path.rsplit("/", 1)[0] if "/" in path else "."
 
 
+def _storage() -> StorageConfig:
+    """The stores as the other jobs reach them: ``$AWS_ENDPOINT_URL`` for S3, transient errors retried."""
+    return StorageConfig.from_args(None)
+
+
 def read_annotation_list(list_uri: str, limit: int | None = None):
     """Yield ``(json_uri, record, image_uri)`` for each line of a list file."""
-    import fsspec
-
-    with fsspec.open(list_uri, "rt") as f:
-        lines = [l.strip() for l in f if l.strip()]
+    storage = _storage()
+    text = storage.read_bytes(list_uri).decode("utf-8")
+    lines = [l.strip() for l in text.splitlines() if l.strip()]
     for line in lines[:limit]:
         json_uri = _join(_dirname(list_uri), line)
-        with fsspec.open(json_uri, "rt") as f:
-            record = json.load(f)
+        record = json.loads(storage.read_bytes(json_uri))
         yield json_uri, record, _join(_dirname(json_uri), record["image_path"])
 
 
@@ -132,38 +133,28 @@ def label_image(record: dict, width: int, height: int, points_68: np.ndarray, po
     }
 
 
-def _open_write(uri: str, mode: str = "wb"):
-    """``uri`` opened for writing, its parent folder created (local) first."""
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(uri)
-    fs.makedirs(posixpath.dirname(path) or ".", exist_ok=True)
-    return fs.open(path, mode)
-
-
 def _write_shard(rows: list[dict], uri: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pylist(rows)
-    with _open_write(uri) as f:
-        pq.write_table(table, f)
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buf)
+    _storage().write_bytes(uri, buf.getvalue())
 
 
 def prepare_split(list_uri: str, out_uri: str, points_68: np.ndarray, points_5: np.ndarray, rows_per_shard: int = 1000,
                   limit: int | None = None, kind: str = "wider") -> dict:
     """Label and write one split; returns its counts and the local poses of its posed faces."""
-    import fsspec
     import numpy as np
     from PIL import Image
 
+    storage = _storage()
     rows, shard, counts = [], 0, {"images": 0, "written": 0, "skipped_no_pose": 0, "faces": 0, "posed_faces": 0,
                                   "dropped_degenerate_boxes": 0}  # fmt: skip
     poses = []
     for json_uri, record, image_uri in read_annotation_list(list_uri, limit):
         counts["images"] += 1
-        with fsspec.open(image_uri, "rb") as f:
-            data = f.read()
+        data = storage.read_bytes(image_uri)
         with Image.open(io.BytesIO(data)) as im:
             width, height = im.size
         labels = label_image(record, width, height, points_68, points_5, kind)
@@ -207,8 +198,7 @@ def _save_npy(arr: np.ndarray, uri: str) -> None:
 
     buf = io.BytesIO()
     np.save(buf, arr)
-    with _open_write(uri) as f:
-        f.write(buf.getvalue())
+    _storage().write_bytes(uri, buf.getvalue())
 
 
 def convert_biwi(frame_list: str, root: str | None, output: str) -> dict:
@@ -262,8 +252,7 @@ def main(argv: list[str] | None = None, prog: str = "prepare_dataset.py") -> int
         stats["val"] = prepare_split(args.val_list, f"{out}/val", p68, p5, args.rows_per_shard, args.limit,
                                      args.format)["counts"]  # fmt: skip
     stats["pose_mean"], stats["pose_stddev"] = mean.tolist(), std.tolist()
-    with _open_write(f"{out}/stats.json", "w") as f:
-        json.dump(stats, f, indent=2)
+    _storage().write_bytes(f"{out}/stats.json", json.dumps(stats, indent=2).encode("utf-8"))
     print(json.dumps(stats, indent=2))
     return 0
 

@@ -29,9 +29,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
+from img2pose_core.storage import StorageConfig, exception_chain, is_transient, with_retries
 from img2pose_core.uris import normalise_local, redact_text, scheme_of
 
-from .storage import StorageConfig, exception_chain, is_transient, with_retries
 
 __all__ = ["ReadFailure", "ReadLimits", "read_source", "read_concurrently"]
 

@@ -34,9 +34,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from img2pose_core.uris import redact_text
+from img2pose_core.storage import StorageConfig
+from img2pose_core.uris import join_uri, redact_text
 
-from .storage import StorageConfig, join_uri
 
 __all__ = ["HEARTBEAT_S", "WATCH_S", "STALE_S", "LOG_UPLOAD_S", "Lease", "LeaseError", "RunLease", "read_leases", "RunLog"]
 

@@ -32,8 +32,9 @@ from ray.data.datasource.datasink import Datasink, WriteResult
 
 from img2pose_core.face_rows import face_rows
 from img2pose_core.output import IMAGES_SCHEMA, NOT_WRITTEN, PART_PATTERN
+from img2pose_core.storage import StorageConfig, with_retries
+from img2pose_core.uris import join_uri
 
-from .storage import StorageConfig, join_uri, with_retries
 
 __all__ = [
     "AnnotationSink", "TableFolders", "remove_orphans", "part_name", "explode_faces", "images_table", "is_part_file",
@@ -235,7 +236,10 @@ def remove_orphans(
     except FileNotFoundError:
         images_files = set()
     try:
-        finished = {p.rsplit("/", 1)[-1].split(".", 1)[0] for p in with_retries(lambda: fs.find(f"{root}/runs"))}
+        # Only a manifest (<id>.json) or a failure record (<id>.failed.json) says a run is over; its lease and
+        # its log (<id>.lease, <id>.log) are there while it runs.
+        names = [p.rsplit("/", 1)[-1] for p in with_retries(lambda: fs.find(f"{root}/runs"))]
+        finished = {n.removesuffix(".json").removesuffix(".failed") for n in names if n.endswith(".json")}
     except FileNotFoundError:
         finished = set()
     removed = 0

@@ -7,11 +7,8 @@ rows travel on; the optional crops stage cuts aligned crops on CPU from the orig
 
 from __future__ import annotations
 
-import hashlib
 import io
-import tarfile
 import warnings
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
@@ -19,16 +16,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from img2pose_core.bundle import BundleRef, open_ref
-from img2pose_core.imageio import ImageDecodeError, decode_image, probe_jpeg
-
-from img2pose_core.uris import redact_text, redact_uri
-
-from .done import done_member_names, is_done
-from .inputs import classify_directory
-from .progress import batch_counts, status_counts
-from .reading import ReadLimits, read_concurrently, read_source
 from img2pose_core.face_rows import FACE_FIELDS, FACE_STRUCT, face_lists
-from .storage import StorageConfig, join_uri
+from img2pose_core.imageio import ImageDecodeError, decode_image
+from img2pose_core.storage import StorageConfig
+from img2pose_core.uris import join_uri, redact_text
+
+from .loading import LoadSettings, load_images, object_column
+from .progress import batch_counts, status_counts
 
 __all__ = [
     "LoadSettings",
@@ -40,210 +34,6 @@ __all__ = [
     "FACE_STRUCT",
     "object_column",
 ]
-
-_EMPTY = np.zeros((0, 0, 3), np.uint8)
-
-
-def object_column(values: list) -> np.ndarray:
-    """A 1-D object array holding ``values`` as they are (numpy would stack equal-shaped arrays)."""
-    out = np.empty(len(values), dtype=object)
-    for i, v in enumerate(values):
-        out[i] = v
-    return out
-
-
-@dataclass(frozen=True)
-class LoadSettings:
-    storage: StorageConfig
-    max_pixels: int
-    keep_bytes: bool  # the crops stage re-decodes the original bytes
-    rows_per_batch: int = 16
-    reduce_for: tuple[int, int] | None = None  # (min_size, max_size): JPEG draft-scale decoding
-    read_timeout_s: float = 180.0  # the whole read of one source, retries included
-    device_decode: bool = False  # JPEGs travel as bytes and are decoded by the model stage (--gpu-decode)
-    output_root: str | None = None  # local files resolving into the output are not read
-    parallel_reads: int = 8
-
-    @property
-    def max_file_bytes(self) -> int:
-        """Largest image file read: 8 bytes a pixel of --max-pixels (16-bit RGBA, uncompressed), at least 64 MiB."""
-        return max(64 << 20, 8 * self.max_pixels)
-
-
-def _row(uri: str, status: str, error: str | None = None, data: bytes | None = None, kept: str | None = None) -> dict:
-    return {"image_uri": uri, "status": status, "error": error, "data": data, "kept": kept}
-
-
-def _decode_rows(rows: list[dict], settings: LoadSettings) -> dict[str, np.ndarray]:
-    uris, shas, widths, heights, statuses, errors, pixels, datas, kept, encoded = [], [], [], [], [], [], [], [], [], []
-    for r in rows:
-        kept.append(r.get("kept"))
-        data = r.get("data")
-        sha = hashlib.sha256(data).hexdigest() if data is not None else None
-        px, status, error, size, bytes_only = _EMPTY, r["status"], r["error"], (-1, -1), False
-        if status == "pending":
-            try:
-                probed = probe_jpeg(data, max_pixels=settings.max_pixels) if settings.device_decode else None
-                if probed is not None:
-                    # Checked from the header; the model stage decodes (the bytes travel, not the pixels).
-                    status, size, bytes_only = "ok", probed, True
-                else:
-                    img = decode_image(data, max_pixels=settings.max_pixels, reduce_for=settings.reduce_for)
-                    px, status, size = img.pixels, "ok", (img.width, img.height)
-            except ImageDecodeError as exc:
-                status, error = exc.status, exc.message
-        encoded.append(bytes_only)
-        uris.append(r["image_uri"])
-        shas.append(sha)
-        # The picture's full size, even when its pixels were decoded at a reduced scale.
-        widths.append(size[0])
-        heights.append(size[1])
-        statuses.append(status)
-        errors.append(error)
-        pixels.append(px)
-        datas.append(data if (status == "ok" and (settings.keep_bytes or bytes_only)) else None)
-    return {
-        "image_uri": np.array(uris, dtype=object),
-        "image_sha256": np.array(shas, dtype=object),
-        "width": np.array(widths, dtype=np.int32),
-        "height": np.array(heights, dtype=np.int32),
-        "status": np.array(statuses, dtype=object),
-        "error": np.array(errors, dtype=object),
-        "pixels": object_column(pixels),
-        "data": object_column(datas),
-        "kept": np.array(kept, dtype=object),
-        "encoded": np.array(encoded, dtype=bool),
-    }
-
-
-def _member_limit(data: bytes, settings: LoadSettings) -> int:
-    """Most bytes a tar member may declare before it is read.
-
-    ``mode="r:*"`` also opens gzip/bz2/xz streams, where a shard of 2 MB can declare a member of
-    gigabytes (a decompression bomb) that ``extractfile().read()`` would allocate whole. A member of
-    an uncompressed shard is never larger than the shard, which is already in memory; beyond that,
-    what an image file of --max-pixels may need (:attr:`LoadSettings.max_file_bytes`).
-    """
-    return max(len(data), settings.max_file_bytes)
-
-
-def _tar_member_kind(member: tarfile.TarInfo) -> str:
-    if member.issym():
-        return f"a symbolic link to {member.linkname!r} inside the shard: not followed"
-    if member.islnk():
-        return f"a hard link to {member.linkname!r} inside the shard: not followed"
-    if member.ischr() or member.isblk():
-        return "a device entry inside the shard: not read"
-    if member.isfifo():
-        return "a named pipe (FIFO) entry inside the shard: not read"
-    return "not a regular file inside the shard: not read"
-
-
-def _tar_members(shown: str, data: bytes, limit: int) -> Iterator[dict]:
-    """Rows for every entry of a shard (folders aside): images to decode, and rows for the rest.
-
-    A name that occurs twice is taken once, from its last entry (what extracting the shard leaves);
-    the earlier entries are ``duplicate``. Sidecars (``x.json`` beside ``x.jpg``) and markers are
-    counted, links, devices and pipes get a ``not_a_file`` row, and every other entry is offered to
-    the decoder, whatever its extension.
-    """
-    members: list[tarfile.TarInfo] = []
-    damage = None
-    try:
-        tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:*")
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        yield _row(shown, "corrupt", f"tar shard is damaged: {type(exc).__name__}: {exc}")
-        return
-    with tar:
-        try:
-            for member in tar:
-                members.append(member)
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            # A damaged shard: the entries before the damage are read; the shard itself gets a row.
-            damage = f"tar shard is damaged: {type(exc).__name__}: {exc}"
-        entries = [m for m in members if not m.isdir()]
-        last = {m.name: i for i, m in enumerate(entries)}
-        listing = classify_directory([(m.name, "file") for m in entries if m.isfile()])
-        ignored = {r["source_uri"]: r["status"] for r in listing if r["kind"] == "row"}
-        for i, member in enumerate(entries):
-            uri = f"{shown}#{member.name}"
-            if last[member.name] != i:
-                yield _row(uri, "duplicate")
-            elif not member.isfile():
-                yield _row(uri, "not_a_file", _tar_member_kind(member))
-            elif member.name in ignored:
-                yield _row(uri, ignored[member.name])
-            elif member.size > limit:
-                yield _row(uri, "too_large", f"tar member declares {member.size} bytes, above the limit of {limit}")
-            else:
-                try:
-                    f = tar.extractfile(member)
-                    yield _row(uri, "pending", data=f.read() if f else b"")
-                except (tarfile.TarError, EOFError, OSError) as exc:
-                    yield _row(uri, "corrupt", f"tar member cannot be read: {type(exc).__name__}: {exc}")
-    if damage:
-        yield _row(shown, "corrupt", damage)
-
-
-def load_images(batch: dict[str, np.ndarray], settings: LoadSettings) -> Iterator[dict]:
-    """Read and decode a batch of sources; yields rows for every input, counted ones included.
-
-    Sources are read several at a time (:func:`jobs.reading.read_concurrently`), each bounded by
-    ``settings.read_timeout_s``, and decoded as they arrive. A source's ``done_members``
-    (``--skip-existing``, :mod:`jobs.done`) says what already has an ``ok`` row: a done file is not read,
-    and done members of a shard are not decoded; both pass on as ``skipped``. A source's ``kept`` (the
-    manifest columns of ``--keep-columns``, as JSON) goes with its rows. URIs are stored with their
-    secrets redacted.
-    """
-    pending: list[dict] = []
-
-    def flush(final: bool = False) -> Iterator[dict]:
-        nonlocal pending
-        while len(pending) >= settings.rows_per_batch or (final and pending):
-            chunk, pending = pending[: settings.rows_per_batch], pending[settings.rows_per_batch :]
-            yield _decode_rows(chunk, settings)
-
-    n = len(batch["source_uri"])
-    column = lambda name, default: batch[name] if name in batch else [default] * n  # noqa: E731
-    to_read: list[tuple[int, str, str]] = []
-    shown: dict[int, str] = {}
-    kept = [str(k) if k else None for k in column("kept", None)]
-    done = list(column("done_members", None))
-    for index, (uri, kind, status, error) in enumerate(zip(batch["source_uri"], batch["kind"], column("status", ""), column("error", ""))):
-        uri, kind = str(uri), str(kind)
-        shown[index] = redact_uri(uri)
-        if kind == "row":
-            pending.append(_row(shown[index], str(status), redact_text(str(error or ""), [uri]) or None, kept=kept[index]))
-        elif kind == "file" and is_done(done[index]):
-            pending.append(_row(shown[index], "skipped"))
-        else:
-            to_read.append((index, uri, kind))
-    yield from flush()
-
-    limits = ReadLimits(settings.read_timeout_s, settings.max_file_bytes, settings.output_root)
-    shard_limits = ReadLimits(settings.read_timeout_s, None, settings.output_root)
-    kinds = {index: kind for index, _, kind in to_read}
-
-    def read(uri: str) -> bytes:
-        return read_source(uri, settings.storage, shard_limits if uri.lower().endswith(".tar") else limits)
-
-    for index, data, failure in read_concurrently(to_read, read, settings.read_timeout_s, settings.parallel_reads):
-        if failure is not None:
-            pending.append(_row(shown[index], failure.status, failure.message, kept=kept[index]))
-        elif kinds[index] == "tar":
-            skip = done_member_names(done[index])
-            for row in _tar_members(shown[index], data, _member_limit(data, settings)):
-                member = row["image_uri"][len(shown[index]) + 1 :]
-                if row["status"] == "pending" and member in skip:
-                    row = _row(row["image_uri"], "skipped")
-                row["kept"] = kept[index]
-                pending.append(row)
-                yield from flush()
-            del data
-        else:
-            pending.append(_row(shown[index], "pending", data=data, kept=kept[index]))
-        yield from flush()
-    yield from flush(final=True)
 
 
 class BundleFiles:

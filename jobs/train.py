@@ -1,6 +1,6 @@
 """Train img2pose with Ray Train (DDP, one worker per GPU) on Parquet shards from jobs/prepare_dataset.py.
 
-    python jobs/train.py --data s3://bucket/wider/ --output s3://bucket/runs/ --name wider-v1 \
+    python -m jobs.train --data s3://bucket/wider/ --output s3://bucket/runs/ --name wider-v1 \
         --init-bundle BUNDLE_OR_NONE --workers 8 --gpu
 
 Every epoch: training over ``DATA/train`` (2 images per worker, random min size, flips and crops), then the
@@ -8,8 +8,8 @@ validation loss over ``DATA/val`` with the model in train mode as the original (
 mode); reduce-on-plateau (factor 0.1, patience 3) and
 early stopping (patience 5) on it. Each checkpoint is a model bundle (``img2pose.pth`` in the released layout
 ``{"fpn_model": state_dict with "module."}``, the pose statistics of ``DATA``, the reference points,
-``bundle.json``) plus ``train_state.pt`` (optimizer, scheduler, epoch, step): ``jobs/annotate.py --bundle
-CHECKPOINT`` uses it as it is. A re-run with the same ``--output``/``--name`` resumes from the latest checkpoint.
+``bundle.json``) plus ``train_state.pt`` (optimizer, scheduler, epoch, step): ``python -m jobs.annotate
+--bundle CHECKPOINT`` uses it as it is. A re-run with the same ``--output``/``--name`` resumes from the latest checkpoint.
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from img2pose_core.flags import RawDescriptionHelpFormatter, positive_int
+from img2pose_core.storage import StorageConfig
+from img2pose_core.uris import is_url, join_uri
 
 STATE_NAME = "train_state.pt"
 WEIGHTS_NAME = "img2pose.pth"
@@ -320,37 +319,35 @@ def train_loop(cfg: dict) -> None:
 
 # --- Driver side -----------------------------------------------------------------------------------
 def latest_checkpoint(output: str, name: str) -> str | None:
-    """The checkpoint folder under ``output/name`` with the highest step (None if there is none)."""
-    import fsspec
+    """The checkpoint folder under ``output/name`` with the highest step (None if there is none).
 
-    fs, root = fsspec.core.url_to_fs(f"{output.rstrip('/')}/{name}")
-    if not fs.exists(root):
+    A local folder comes back as a plain path, a remote one as a URL.
+    """
+    storage = StorageConfig.from_args(None)
+    root = join_uri(output, name)
+    if not storage.exists(root):
         return None
     best, best_step = None, -1
-    for path in fs.glob(f"{root}/**/progress.json"):
+    for uri in storage.glob(join_uri(root, "**", "progress.json")):
         try:
-            step = json.loads(fs.cat_file(path))["step"]
+            step = json.loads(storage.read_bytes(uri))["step"]
         except (ValueError, KeyError, OSError):
             continue
         if step > best_step:
-            best, best_step = path.rsplit("/", 1)[0], step
-    if best is None:
-        return None
-    protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
-    return best if protocol in ("file", "local") else f"{protocol}://{best}"
+            best, best_step = uri.rsplit("/", 1)[0], step
+    return best
 
 
 def _local_arrays(args, work: Path) -> dict[str, str]:
     """Pose statistics of the data and the reference points, copied to local files for the workers."""
-    import fsspec
     import numpy as np
 
     from img2pose_core.bundle import open_bundle
 
+    storage = StorageConfig.from_args(None)
     out = {}
     for name in ("pose_mean.npy", "pose_stddev.npy"):
-        with fsspec.open(f"{args.data.rstrip('/')}/{name}", "rb") as f:
-            (work / name).write_bytes(f.read())
+        (work / name).write_bytes(storage.read_bytes(join_uri(args.data, name)))
         out[name] = str(work / name)
     source = args.points_bundle or args.init_bundle
     if source is None:
@@ -373,10 +370,8 @@ def main(argv: list[str] | None = None, prog: str = "train.py") -> int:
     arrays, init_weights = _local_arrays(args, work)
     min_sizes = [int(s) for s in args.min_sizes.split(",")]
     resume = latest_checkpoint(args.output, args.name)
-    if resume and "://" in resume:  # workers read the state from a local copy
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(resume)
+    if resume and is_url(resume):  # workers read the state from a local copy
+        fs, path = StorageConfig.from_args(None).fs(resume)
         fs.get(path, str(work / "resume"), recursive=True)
         resume = str(work / "resume")
     backbone = None

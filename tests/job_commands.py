@@ -55,29 +55,33 @@ def cronjob_rayjob_files() -> list[tuple[str, Path]]:
 
 
 def _annotate_argv(command: str) -> list[str] | None:
-    """The arguments after ``jobs/annotate.py`` in a shell command, up to a shell operator; None if absent."""
+    """The arguments of ``python -m jobs.annotate`` (or ``img2pose annotate``) in a shell command, up to a
+    shell operator; None if absent, as for the file form ``python jobs/annotate.py``, which runs the
+    image's installed ``jobs`` instead of the submitted one (docs/operations.md)."""
+    from doc_commands import module_args_start
+
     tokens = shlex.split(command, comments=True)
-    for i, token in enumerate(tokens):
-        if token.endswith("jobs/annotate.py"):
-            argv = []
-            for t in tokens[i + 1 :]:
-                if t in ("&&", "||", ";", "|", "&") or t.startswith((">", "<", "2>")):
-                    break
-                if t.endswith(";"):
-                    argv.append(t[:-1])
-                    break
-                argv.append(t)
-            return argv
-    return None
+    start = module_args_start(tokens, "jobs.annotate")
+    if start is None:
+        return None
+    argv = []
+    for t in tokens[start:]:
+        if t in ("&&", "||", ";", "|", "&") or t.startswith((">", "<", "2>")):
+            break
+        if t.endswith(";"):
+            argv.append(t[:-1])
+            break
+        argv.append(t)
+    return argv
 
 
 def markdown_commands(path: Path) -> list[str]:
-    """Every command line of the shell-like fenced code blocks that runs jobs/annotate.py."""
+    """Every command line of the shell-like fenced code blocks that runs the annotation job."""
     from doc_commands import shell_lines
 
     if not path.is_file():
         return []
-    return [line for line in shell_lines(path) if "jobs/annotate.py" in line]
+    return [line for line in shell_lines(path) if _annotate_argv(line) is not None]
 
 
 def job_commands() -> list[tuple[str, str]]:
@@ -113,7 +117,7 @@ JOB_COMMANDS = job_commands()
 
 def _job_parser():
     """jobs.annotate.parse_args; the repository root is put on sys.path when `jobs` is not importable
-    (as jobs/annotate.py does for itself), e.g. under a bare `pytest` with an older editable install."""
+    (as `python -m` does from the root), e.g. under a bare `pytest` with an older editable install."""
     try:
         from jobs.annotate import parse_args
     except ModuleNotFoundError:

@@ -34,12 +34,13 @@ from s3_fixtures import s3_server  # noqa: F401
 
 pytestmark = [needs_golden]
 
-JOB = str(ROOT / "jobs" / "annotate.py")
+# Run as a module from the root, as documented: the checkout's code, whatever is installed.
+JOB = ["-m", "jobs.annotate"]
 MODEL_ARGS = ["--min-size", "128", "--max-size", "256", "--threshold", "0.5"]
 
 
 def _job(args: list[str], env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, JOB, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, *JOB, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _picture(golden_dir: Path, name: str, size: int, seed: int) -> bytes:
@@ -275,7 +276,7 @@ def test_killed_run_resumes_exactly_once(ray_head, golden_bundle, golden_dir, tm
     env = dict(ray_head.env, IMG2POSE_CACHE=str(tmp_path / "cache"))
     base = ["--input", str(corpus), "--output", str(out), "--bundle", str(golden_bundle), *MODEL_ARGS,
             "--sources-per-task", "2", "--rows-per-file", "2", "--batch-size", "2"]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, JOB, *base, "--run-id", "crashed"], env=env,
+    proc = subprocess.Popen([sys.executable, *JOB, *base, "--run-id", "crashed"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     images_dir = out / "images" / "crashed"
     deadline = time.monotonic() + 300

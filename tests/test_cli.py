@@ -2,7 +2,7 @@
 
 - every ``--help`` (and every parser) is built without torch, torchvision, Ray, pyarrow or numpy;
 - help texts show ``(default: X)`` only where X says something;
-- ``img2pose annotate|train|evaluate|prepare`` run the scripts of ``jobs/`` with their own parsers;
+- ``img2pose annotate|train|evaluate|prepare`` run the modules of ``jobs/`` with their own parsers;
 - the model flags have one validation everywhere;
 - one threshold rule: the bundle's unless a flag says otherwise, 0.8 in new bundles, for ``predict``,
   ``render``, the ``Predictor`` and the annotation job (its manifest records the value used).
@@ -69,7 +69,7 @@ HELPS = [
         ["bundle", "create", "--help"], ["bundle", "fetch", "--help"], ["bundle", "verify", "--help"],
         ["annotate", "--help"], ["train", "--help"], ["evaluate", "--help"], ["prepare", "--help"],
     )
-] + [[f"jobs/{name}.py", "--help"] for name in JOB_SCRIPTS]  # fmt: skip
+] + [["-m", f"jobs.{name}", "--help"] for name in JOB_SCRIPTS]  # fmt: skip
 
 
 @pytest.mark.parametrize("argv", HELPS, ids=[" ".join(a) for a in HELPS])
@@ -141,7 +141,7 @@ def test_job_command_messages_name_the_command(capsys):
 
 
 def test_job_parsers_are_the_scripts():
-    """`img2pose annotate` and `python jobs/annotate.py` accept exactly the same flags."""
+    """`img2pose annotate` and `python -m jobs.annotate` accept exactly the same flags."""
     from jobs import annotate
 
     script, front = annotate.build_parser(), annotate.build_parser("img2pose annotate")

@@ -1,5 +1,5 @@
 """The documented cluster submission, run: `ray job submit --runtime-env cluster/runtime_env.yaml --
-python jobs/annotate.py ...` exactly as docs/operations.md writes it for a standing cluster, against a
+python -m jobs.annotate ...` exactly as docs/operations.md writes it for a standing cluster, against a
 real local `ray start --head` cluster (its dashboard's job API) over a real S3 endpoint (moto).
 
 Only what a 2-CPU test cluster cannot match is changed: the dashboard address (the docs' is a
@@ -35,11 +35,11 @@ GPU_POOL_FLAGS = {"--num-gpus-per-actor", "--concurrency", "--cpus-per-actor", "
 
 
 def documented_submission() -> list[str]:
-    """The first `ray job submit` of docs/operations.md that runs jobs/annotate.py, as argv."""
+    """The first `ray job submit` of docs/operations.md that runs `python -m jobs.annotate`, as argv."""
     for line in shell_lines(OPERATIONS):
-        if line.startswith("ray job submit") and "jobs/annotate.py" in line:
+        if line.startswith("ray job submit") and "python -m jobs.annotate" in line:
             return shlex.split(line)
-    raise AssertionError("docs/operations.md has no `ray job submit ... jobs/annotate.py` command")
+    raise AssertionError("docs/operations.md has no `ray job submit ... python -m jobs.annotate` command")
 
 
 def adapted(argv: list[str], dashboard: str, endpoint: str) -> list[str]:

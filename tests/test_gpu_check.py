@@ -39,8 +39,8 @@ def test_gpu_check_runs_every_section_on_cpu(golden_dir, tmp_path):
 
 def test_gpu_check_prepares_what_travels(golden_dir, tmp_path):
     dest = tmp_path / "golden"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--golden", str(golden_dir),
-                           "--prepare", str(dest)], capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--golden", str(golden_dir),
+                           "--prepare", str(dest)], cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
     assert (dest / "make_checkpoint.py").is_file() and (dest / "detections.npz").is_file()

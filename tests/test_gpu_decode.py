@@ -17,7 +17,7 @@ pytestmark = [needs_golden]
 def _stage_output(batch, golden_bundle, device_decode: bool) -> tuple[pa.Table, dict]:
     from img2pose_core.bundle import open_bundle
     from jobs.stages import LoadSettings, ModelStage, load_images
-    from jobs.storage import StorageConfig
+    from img2pose_core.storage import StorageConfig
 
     load = LoadSettings(storage=StorageConfig(), max_pixels=50_000_000, keep_bytes=False, device_decode=device_decode)
     decoded = list(load_images(batch, load))

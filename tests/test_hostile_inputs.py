@@ -37,8 +37,8 @@ from jobs.inputs import (
     InputError,
 )
 from jobs.reading import ReadFailure, ReadLimits, read_concurrently, read_source
-from jobs.stages import LoadSettings, load_images
-from jobs.storage import StorageConfig, is_transient
+from jobs.loading import LoadSettings, load_images
+from img2pose_core.storage import StorageConfig, is_transient
 
 
 def _jpeg(seed: int, size: tuple[int, int] = (24, 16)) -> bytes:
@@ -326,7 +326,7 @@ def test_tar_members_each_get_a_row_or_a_count():
         add(tar, "dev.jpg", type=tarfile.CHRTYPE)
         add(tar, "folder", type=tarfile.DIRTYPE)
     shard = "/data/s.tar"
-    from jobs.stages import _tar_members
+    from jobs.loading import _tar_members
 
     rows = [(r["image_uri"].split("#", 1)[1], r["status"], r["data"]) for r in _tar_members(shard, buf.getvalue(), 1 << 20)]
     statuses = {}

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import needs_golden
+from conftest import ROOT, needs_golden
 from hostile_hosts import UNRESOLVABLE_HOST, ImageServer, SilentHost, refused_url
 from ray_fixtures import ray_head  # noqa: F401
 from s3_fixtures import s3_server  # noqa: F401
@@ -256,5 +256,5 @@ def test_two_bundles_with_the_same_weights_give_each_its_own_results(ray_head, g
 
 
 def test_job_flags_for_hostile_inputs_are_documented():
-    help_text = subprocess.run([sys.executable, JOB, "--help"], capture_output=True, text=True, timeout=60).stdout
+    help_text = subprocess.run([sys.executable, *JOB, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
     assert "--read-timeout" in help_text and "--allow-local-files" in help_text

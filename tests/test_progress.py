@@ -79,7 +79,7 @@ def test_a_run_of_200_images_prints_a_handful_of_lines(ray_head, bundle_05, smal
     env = dict(ray_head.env, IMG2POSE_CACHE=str(tmp_path / "cache"))
     args = ["--input", str(small_images), "--output", str(tmp_path / "out"), "--bundle", str(bundle_05),
             "--min-size", "32", "--max-size", "64", "--progress-interval", "5", "--run-id", "r200"]
-    proc = subprocess.run([sys.executable, str(ROOT / "jobs" / "annotate.py"), *args], env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "jobs.annotate", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     err_lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -133,9 +133,9 @@ def test_unreachable_ray_address_fails_at_once(tmp_path, golden_bundle):
     Image.fromarray(np.zeros((40, 56, 3), dtype=np.uint8)).save(images / "a.jpg")
     env = dict(os.environ, RAY_ADDRESS=f"127.0.0.1:{free_port()}", RAY_AUTH_MODE="disabled")
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, str(ROOT / "jobs" / "annotate.py"), "--input", str(images),
-                           "--output", str(tmp_path / "out"), "--bundle", str(golden_bundle)],
-                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "jobs.annotate", "--input", str(images), "--output", str(tmp_path / "out"),
+                           "--bundle", str(golden_bundle)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert time.monotonic() - started < 120
     assert proc.returncode == 1 and "annotate.py: error: RAY_ADDRESS=127.0.0.1:" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and "unset ray_address" in proc.stderr.lower()

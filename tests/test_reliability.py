@@ -30,7 +30,7 @@ import pytest
 from PIL import Image
 
 from bad_images import make_bad_images
-from conftest import needs_golden
+from conftest import ROOT, needs_golden
 from fault_proxy import FaultProxy
 from ray_fixtures import ray_head  # noqa: F401
 from s3_fixtures import s3_client, s3_server  # noqa: F401
@@ -152,7 +152,7 @@ def test_injected_store_faults_are_classified_transient(s3_server, fault, plan):
     """
     import s3fs
 
-    from jobs.storage import is_transient
+    from img2pose_core.storage import is_transient
 
     _bucket(s3_server, f"classify-{fault}", {"k.jpg": os.urandom(20_000)})
     seen = []
@@ -294,7 +294,7 @@ def test_failure_message_names_the_error():
     _annotate_exception_with_retry_context); the job's one-line message must still say what failed."""
     from ray.data._internal.util import _annotate_exception_with_retry_context
 
-    from jobs.run import _root_cause
+    from jobs.errors import root_cause as _root_cause
 
     exc = _annotate_exception_with_retry_context(
         PermissionError("Access Denied"), description="run the task", attempts=1, max_attempts=1,
@@ -320,7 +320,7 @@ def test_killed_workers_lose_nothing(ray_head, golden_bundle, golden_dir, tmp_pa
     parts = out / "images" / "killed"
     killed: dict[str, tuple[int, str, int]] = {}
     with open(tmp_path / "job.err", "w") as err, open(tmp_path / "job.out", "w") as stdout:
-        proc = subprocess.Popen([sys.executable, JOB, *args], env=env, stdout=stdout, stderr=err)
+        proc = subprocess.Popen([sys.executable, *JOB, *args], cwd=ROOT, env=env, stdout=stdout, stderr=err)
         deadline = time.monotonic() + 400
         while proc.poll() is None and time.monotonic() < deadline:
             written = len(list(parts.glob("*.parquet"))) if parts.exists() else 0
@@ -490,7 +490,7 @@ def test_bad_input_and_bombs_stay_within_memory(ray_head, golden_bundle, golden_
     args = ["--input", str(corpus), "--output", str(out), "--bundle", str(golden_bundle), *SMALL, "--run-id", "bad",
             "--load-in", "tasks", "--sources-per-task", "4"]  # fmt: skip
     with open(tmp_path / "job.err", "w") as err:
-        proc = subprocess.Popen([sys.executable, JOB, *args], env=env, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen([sys.executable, *JOB, *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
         sampler = _MemorySampler(ray_head, proc.pid)
         sampler.start()
         try:

@@ -24,7 +24,8 @@ from PIL import Image
 from scipy.spatial.transform import Rotation
 
 from conftest import needs_golden
-from img2pose_core import render, render_cli, report, report_cli
+from img2pose_core import render, report
+from img2pose_core.cli import render as render_cli, report as report_cli
 from img2pose_core.render import (
     AXIS_COLOURS,
     BOX_COLOUR,

@@ -26,7 +26,7 @@ from jobs.resources import GIB, ActorPlan, actor_memory_estimate, autoscaler_bun
 from ray_fixtures import fake_autoscaling_head, ray_head  # noqa: F401
 from s3_fixtures import s3_server  # noqa: F401
 
-JOB = str(ROOT / "jobs" / "annotate.py")
+JOB = ["-m", "jobs.annotate"]
 SMALL = ["--min-size", "32", "--max-size", "64", "--threshold", "0.5"]
 
 
@@ -120,7 +120,7 @@ def test_autoscaler_bundles_ask_for_the_smallest_pool_and_its_reserve():
 
 # --- the job on a fixed-size local cluster -----------------------------------------------------------
 def _job(args: list[str], env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, JOB, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, *JOB, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _images(folder: Path, golden_dir: Path, n: int) -> None:
@@ -198,7 +198,7 @@ import ray
 from ray.autoscaler._private.constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
 from ray.experimental.internal_kv import _internal_kv_get
 from jobs.resources import plan_actors, unmet_needs
-from jobs.run import _alive_nodes, _wait_for_resources
+from jobs.cluster import alive_nodes as _alive_nodes, wait_for_resources as _wait_for_resources
 
 ray.init(logging_level="ERROR")
 plan = plan_actors(ray.cluster_resources(), num_gpus_per_actor=1.0, concurrency=(1, 1), cpus_per_actor=1.0,
@@ -227,3 +227,44 @@ def test_waiting_asks_the_autoscaler_for_the_pool_and_withdraws_the_request(fake
     assert result["gpus"] >= 1 and result["took"] < 120
     assert "asked the autoscaler for 1 x" in proc.stderr, proc.stderr[-2000:]
     assert result["request"] == [], f"the request for nodes was left in place: {result['request']}"
+
+
+def test_plan_resources_from_the_flags_and_the_cluster():
+    """The run's plan is a pure function of the typed configuration and what Ray reports."""
+    from jobs.annotate import parse_args
+    from jobs.config import JobConfig
+    from jobs.plan import plan_resources
+
+    config = JobConfig.from_args(parse_args(["--input", "in", "--output", "out"]))
+    plan = plan_resources(config, NODE_2CPU, min_size=32, max_size=64, shuffles=False)
+    assert plan.actors == _plan(NODE_2CPU, min_size=32, max_size=64) and plan.pool == plan.actors.pool == (2, 2)
+    assert plan.partitions == 2 and plan.sources_per_task == 16
+    assert plan.actor_runtime_env is None  # one thread per actor: Ray's own OMP_NUM_THREADS is right
+    # Few sources: no actor without work, and the sources spread over the actors.
+    few = plan.for_sources(3)
+    assert few.pool == (2, 2) and few.sources_per_task == 2
+    one = plan.for_sources(1)
+    assert one.pool == (1, 1) and one.sources_per_task == 1
+    assert plan.for_sources(None) == plan
+    # Two threads per actor on a CPU reservation of less than two: torch's count goes to OpenMP.
+    threaded = plan_resources(JobConfig.from_args(parse_args(["--input", "in", "--output", "out", "--torch-threads", "2",
+                                                              "--concurrency", "2,2"])),
+                              {"CPU": 4.0, "memory": 16 * GIB}, min_size=32, max_size=64, shuffles=True)  # fmt: skip
+    assert threaded.actor_runtime_env == {"env_vars": {"OMP_NUM_THREADS": "2"}} and threaded.partitions == 4
+    # GPU actors decode in tasks: the number of sources does not shrink the pool.
+    gpu = plan_resources(JobConfig.from_args(parse_args(["--input", "in", "--output", "out", "--num-gpus-per-actor", "1",
+                                                         "--concurrency", "4,4"])),
+                         {"CPU": 16.0, "GPU": 4.0}, min_size=640, max_size=1400, shuffles=False)  # fmt: skip
+    assert gpu.for_sources(1).pool == (4, 4)
+
+
+def test_job_config_has_every_flag_of_the_parser():
+    from jobs.annotate import parse_args
+    from jobs.config import JobConfig
+
+    args = parse_args(["--input", "in", "--output", "out"])
+    config = JobConfig.from_args(args)
+    assert config.arguments() == vars(args)
+    args.no_such_flag = 1
+    with pytest.raises(TypeError, match="no_such_flag"):
+        JobConfig.from_args(args)

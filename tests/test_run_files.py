@@ -20,7 +20,7 @@ import pytest
 from conftest import ROOT
 from jobs import run_files
 from jobs.run_files import LeaseError, RunLease, RunLog, read_leases
-from jobs.storage import StorageConfig
+from img2pose_core.storage import StorageConfig
 from s3_fixtures import s3_client, s3_server  # noqa: F401
 
 LOCAL = StorageConfig()
@@ -141,9 +141,9 @@ def test_the_job_refuses_to_start_beside_a_live_run_before_any_work(tmp_path, go
     try:
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         env["RAY_ADDRESS"] = "127.0.0.1:1"  # nothing answers: had the job got that far, this would be the error
-        proc = subprocess.run([sys.executable, str(ROOT / "jobs" / "annotate.py"), "--input", str(images),
+        proc = subprocess.run([sys.executable, "-m", "jobs.annotate", "--input", str(images),
                                "--output", str(tmp_path / "out"), "--bundle", str(golden_bundle), "--skip-existing"],
-                              capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+                              cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
     finally:
         holder.release()
     assert proc.returncode == 2, proc.stderr[-2000:]

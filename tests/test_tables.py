@@ -18,7 +18,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from conftest import needs_golden
+from conftest import ROOT, needs_golden
 from ray_fixtures import ray_head  # noqa: F401
 from s3_fixtures import s3_client, s3_server  # noqa: F401
 from test_annotate import JOB, _job, _picture, _tar
@@ -155,10 +155,10 @@ def test_iceberg_two_runs_at_once_both_land(ray_head, golden_bundle, golden_dir,
     common = ["--output", str(out), "--catalog", catalog, "--bundle", str(golden_bundle), *SMALL, "--rows-per-file", "3",
               "--allow-concurrent-runs"]
     procs = [
-        subprocess.Popen([sys.executable, JOB, "--input", str(corpus), *common, "--run-id", "nightly"], env=env,
+        subprocess.Popen([sys.executable, *JOB, "--input", str(corpus), *common, "--run-id", "nightly"], cwd=ROOT, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
-        subprocess.Popen([sys.executable, JOB, "--input", str(corpus / "c[0-5].jpg"), *common, "--run-id", "manual"],
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+        subprocess.Popen([sys.executable, *JOB, "--input", str(corpus / "c[0-5].jpg"), *common, "--run-id", "manual"],
+                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
     ]  # fmt: skip
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, outs):
@@ -189,7 +189,7 @@ def test_iceberg_run_killed_mid_way_leaves_nothing_visible_and_resumes(ray_head,
     env = dict(ray_head.env, IMG2POSE_CACHE=str(tmp_path / "cache"))
     base = ["--input", str(corpus), "--output", str(out), "--catalog", catalog, "--bundle", str(golden_bundle), *SMALL,
             "--sources-per-task", "2", "--rows-per-file", "2", "--batch-size", "2"]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, JOB, *base, "--run-id", "killed"], env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, *JOB, *base, "--run-id", "killed"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     data = out / "warehouse" / "img2pose" / "images" / "data" / "run_id=killed"
     deadline = time.monotonic() + 300
@@ -378,7 +378,7 @@ def test_orphan_faces_files_are_removed_only_when_no_live_run_can_own_them(tmp_p
     """Plain form: a faces file without its images file is another run's unfinished write unless its run
     is over (manifest written), it is old, or it is the caller's own (a failing run cleaning up)."""
     from jobs.sink import remove_orphans
-    from jobs.storage import StorageConfig
+    from img2pose_core.storage import StorageConfig
 
     out = tmp_path / "out"
     names = {run: out / "faces" / run / f"part-{'a' * 32}.parquet" for run in ("live", "over", "killed", "mine")}

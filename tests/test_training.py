@@ -186,7 +186,7 @@ def test_smoke_run_as_documented(tmp_path, golden_bundle):
 
     state = torch.load(open_bundle(progress.parent / "bundle").weights_path, map_location="cpu", weights_only=True)
     assert set(state) == {"fpn_model"} and all(k.startswith("module.") for k in state["fpn_model"])
-    train_line = next(line for line in re.split(r"(?<!\\)\n", block) if "jobs/train.py" in line)
+    train_line = next(line for line in re.split(r"(?<!\\)\n", block) if "-m jobs.train" in line)
     again = subprocess.run(["bash", "-euo", "pipefail", "-c", train_line.replace("--epochs 1", "--epochs 2 --max-steps 52")],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert again.returncode == 0, again.stderr[-4000:]
@@ -196,7 +196,7 @@ def test_smoke_run_as_documented(tmp_path, golden_bundle):
 
 
 def test_training_doc_commands_are_complete():
-    """Every command docs/training.md gives for the four scripts is accepted by that script's parser."""
+    """Every command docs/training.md gives for the four job modules is accepted by that module's parser."""
     import contextlib
     import io
     from pathlib import Path
@@ -206,10 +206,10 @@ def test_training_doc_commands_are_complete():
 
     root = Path(__file__).resolve().parents[1]
     parsers = {
-        "jobs/prepare_dataset.py": prepare_dataset.parse_args,
-        "jobs/train.py": lambda argv: train.build_parser().parse_args(argv),
-        "jobs/evaluate.py": lambda argv: evaluate.build_parser().parse_args(argv),
-        "jobs/annotate.py": annotate.parse_args,
+        "jobs.prepare_dataset": prepare_dataset.parse_args,
+        "jobs.train": lambda argv: train.build_parser().parse_args(argv),
+        "jobs.evaluate": lambda argv: evaluate.build_parser().parse_args(argv),
+        "jobs.annotate": annotate.parse_args,
     }
     seen = {name: 0 for name in parsers}
     for line in shell_lines(root / "docs" / "training.md"):
@@ -224,4 +224,4 @@ def test_training_doc_commands_are_complete():
                     parse(argv)
                 except SystemExit as exc:
                     raise AssertionError(f"docs/training.md: {line!r} is refused: {err.getvalue().strip()}") from exc
-    assert seen["jobs/prepare_dataset.py"] >= 4 and seen["jobs/train.py"] >= 3 and seen["jobs/evaluate.py"] >= 5, seen
+    assert seen["jobs.prepare_dataset"] >= 4 and seen["jobs.train"] >= 3 and seen["jobs.evaluate"] >= 5, seen

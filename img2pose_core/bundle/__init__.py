@@ -11,7 +11,7 @@ The project ships no weights: :func:`fetch_official` downloads the authors' rele
 non-commercial) and assembles a bundle from it. See ``docs/bundles.md``.
 
 One concept per module: :mod:`.format` (the layout of ``bundle.json`` and its files), :mod:`.files`
-(hashing, atomic writes), :mod:`.store` (create, open, verify), :mod:`.cache` (remote bundles'
+(hashing, atomic copies), :mod:`.store` (create, open, verify), :mod:`.cache` (remote bundles'
 local copies), :mod:`.fetch` (HTTP downloads), :mod:`.official` (the authors' release),
 :mod:`.resolve` (which bundle to use) and :mod:`.ref` (handing a bundle to another process). The
 model is built from a bundle in :mod:`img2pose_core.builder`.
@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from typing import Any
 
-# _storage_options: img2pose_core.imageio reads stores with the same endpoint variables.
-from .cache import DEFAULT_CACHE_DIR, _storage_options, default_cache_dir  # noqa: F401
+from ..uris import is_local_uri
+from .cache import DEFAULT_CACHE_DIR, default_cache_dir
 from .fetch import download
 from .format import (
     ARRAY_ROLES,
@@ -44,7 +44,7 @@ from .official import (
 )
 from .ref import BundleRef, bundle_files, bundle_ref, materialise_bundle, open_ref
 from .resolve import resolve_bundle
-from .store import Bundle, create_bundle, is_local_uri, open_bundle
+from .store import Bundle, create_bundle, open_bundle
 
 __all__ = [
     "ARRAY_ROLES",

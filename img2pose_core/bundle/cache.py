@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from .files import copy_stream_atomic, sha256_file, write_atomic
+from ..storage import env_s3_endpoint, open_fs, with_s3_endpoint, write_atomic
+from ..uris import scheme_of
+from .files import FILE_MODE, copy_stream_atomic, sha256_file
 from .format import ARRAY_ROLES, MANIFEST_NAME, BundleError, parse_manifest
 
 __all__ = ["DEFAULT_CACHE_DIR", "default_cache_dir", "sync_remote"]
@@ -26,28 +27,15 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "img2pose"
 
 
-def _storage_options(uri: str, storage_options: dict | None) -> dict:
-    """``storage_options``, plus the ``AWS_ENDPOINT_URL[_S3]`` endpoint for s3 when none is given.
-
-    Recent botocore reads these variables itself; passing the endpoint explicitly keeps S3-compatible
-    stores (MinIO, Ceph ...) working whatever the botocore version.
-    """
-    options = dict(storage_options or {})
-    if urlsplit(uri).scheme in ("s3", "s3a"):
-        env = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        client_kwargs = dict(options.get("client_kwargs") or {})
-        if env and "endpoint_url" not in options and "endpoint_url" not in client_kwargs:
-            options["client_kwargs"] = {**client_kwargs, "endpoint_url": env}
-    return options
-
-
 def sync_remote(uri: str, cache: Path, storage_options: dict | None, verify: bool) -> Path:
-    """Bring the remote bundle at ``uri`` into the cache (only what is missing or stale); its folder."""
-    import fsspec
+    """Bring the remote bundle at ``uri`` into the cache (only what is missing or stale); its folder.
 
+    ``storage_options`` go to fsspec; for ``s3://`` the endpoint of ``AWS_ENDPOINT_URL[_S3]`` is used
+    when they name none.
+    """
     base_uri = uri.rstrip("/")
     try:
-        fs, base = fsspec.core.url_to_fs(base_uri, **_storage_options(uri, storage_options))
+        fs, base = open_fs(base_uri, with_s3_endpoint(uri, storage_options, env_s3_endpoint()))
     except (ImportError, ValueError) as exc:
         raise BundleError(f"{uri}: cannot open this URL ({exc})") from exc
     base = base.rstrip("/")
@@ -63,7 +51,7 @@ def sync_remote(uri: str, cache: Path, storage_options: dict | None, verify: boo
 
     local = cache / "remote" / hashlib.sha256(base_uri.encode("utf-8")).hexdigest()
     # Plain HTTP(S) servers need not support range requests: read those files as one stream.
-    open_options = {"block_size": 0} if urlsplit(uri).scheme in ("http", "https") else {}
+    open_options = {"block_size": 0} if scheme_of(uri) in ("http", "https") else {}
     for role in ARRAY_ROLES + ("weights",):  # the small files first: a bad bundle fails before the big download
         entry = manifest["files"][role]
         dest = local / entry["path"]
@@ -79,6 +67,7 @@ def sync_remote(uri: str, cache: Path, storage_options: dict | None, verify: boo
             raise BundleError(f"{url}: {role} file missing from the bundle") from exc
         except Exception as exc:
             raise BundleError(f"{url}: download failed ({type(exc).__name__}: {exc})") from exc
-    write_atomic(local / ".source-uri", (base_uri + "\n").encode("utf-8"))
-    write_atomic(local / MANIFEST_NAME, raw)  # last: the cache folder is a bundle only once complete
+    write_atomic(local / ".source-uri", (base_uri + "\n").encode("utf-8"), mode=FILE_MODE)
+    # Last: the cache folder is a bundle only once complete.
+    write_atomic(local / MANIFEST_NAME, raw, mode=FILE_MODE)
     return local

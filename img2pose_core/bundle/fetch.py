@@ -6,7 +6,7 @@ file; :func:`download` recognises it and submits its confirm form.
 
 from __future__ import annotations
 
-import os
+import math
 import sys
 import time
 from html.parser import HTMLParser
@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urljoin
 
-from .files import CHUNK, temp_beside
+from ..storage import atomic_file, with_retries
+from .files import CHUNK, FILE_MODE
 from .format import BundleError
 
 __all__ = ["DOWNLOAD_BACKOFF_S", "DOWNLOAD_RETRIES", "DOWNLOAD_TIMEOUT", "download"]
@@ -98,36 +99,44 @@ def download(url: str, dest: str | Path, *, progress: bool = True, expect_binary
     """
     import requests
 
-    transient = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+    transient = (_Retry, requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
     dest = Path(dest)
-    target, confirms, attempt = url, 0, 0
-    with requests.Session() as session:
+    # A confirm page's target stays the target of later attempts; following one is not an attempt.
+    target, confirms = url, 0
+
+    def attempt(session: Any) -> Path:
+        nonlocal target, confirms
         while True:
-            try:
-                with session.get(target, stream=True, timeout=DOWNLOAD_TIMEOUT) as resp:
-                    if resp.status_code >= 500 or resp.status_code == 429:
-                        raise _Retry(f"HTTP {resp.status_code} {resp.reason}")
-                    if resp.status_code >= 400:
-                        raise BundleError(f"{url}: HTTP {resp.status_code} {resp.reason}" + _via(target, url))
-                    if expect_binary and "text/html" in resp.headers.get("Content-Type", ""):
-                        next_url = _confirm_url(resp.text, resp.url)
-                        if next_url is None or confirms >= 2:
-                            raise BundleError(_html_instead_of_file(url, target))
-                        target, confirms = next_url, confirms + 1
-                        continue
-                    _stream_to(resp, dest, url, progress)
-                    return dest
-            except (_Retry, *transient) as exc:
-                attempt += 1
-                if attempt > DOWNLOAD_RETRIES:
-                    message = f"{url}: download failed after {attempt} attempts ({exc})" + _via(target, url)
-                    raise BundleError(message) from exc
-                delay = DOWNLOAD_BACKOFF_S * 2 ** (attempt - 1)
-                if progress:
-                    print(f"img2pose: {url}: {exc}; retrying in {delay:.1f} s", file=sys.stderr, flush=True)
-                time.sleep(delay)
-            except requests.RequestException as exc:  # a malformed URL, too many redirects ...
-                raise BundleError(f"{url}: download failed ({exc})" + _via(target, url)) from exc
+            with session.get(target, stream=True, timeout=DOWNLOAD_TIMEOUT) as resp:
+                if resp.status_code >= 500 or resp.status_code == 429:
+                    raise _Retry(f"HTTP {resp.status_code} {resp.reason}")
+                if resp.status_code >= 400:
+                    raise BundleError(f"{url}: HTTP {resp.status_code} {resp.reason}" + _via(target, url))
+                if expect_binary and "text/html" in resp.headers.get("Content-Type", ""):
+                    next_url = _confirm_url(resp.text, resp.url)
+                    if next_url is None or confirms >= 2:
+                        raise BundleError(_html_instead_of_file(url, target))
+                    target, confirms = next_url, confirms + 1
+                    continue
+                _stream_to(resp, dest, url, progress)
+                return dest
+
+    def report(exc: BaseException, _attempt: int, delay: float) -> None:
+        if progress:
+            print(f"img2pose: {url}: {exc}; retrying in {delay:.1f} s", file=sys.stderr, flush=True)
+
+    attempts = DOWNLOAD_RETRIES + 1
+    with requests.Session() as session:
+        try:
+            # Plain doubling without jitter or cap: one client, a handful of attempts.
+            return with_retries(lambda: attempt(session), attempts=attempts, base_delay=DOWNLOAD_BACKOFF_S,
+                                max_delay=math.inf, jitter=False, on_retry=report,
+                                retryable=lambda exc: isinstance(exc, transient))  # fmt: skip
+        except transient as exc:
+            message = f"{url}: download failed after {attempts} attempts ({exc})" + _via(target, url)
+            raise BundleError(message) from exc
+        except requests.RequestException as exc:  # a malformed URL, too many redirects ...
+            raise BundleError(f"{url}: download failed ({exc})" + _via(target, url)) from exc
 
 
 class _Retry(Exception):
@@ -151,17 +160,11 @@ def _stream_to(resp: Any, dest: Path, url: str, progress: bool) -> None:
     length = resp.headers.get("Content-Length")
     total = int(length) if length and length.isdigit() and not resp.headers.get("Content-Encoding") else None
     bar = _Progress(url.split("?")[0].rsplit("/", 1)[-1] or url, total, progress)
-    f, tmp = temp_beside(dest)
-    try:
-        with f:
-            for chunk in resp.iter_content(CHUNK):
-                f.write(chunk)
-                bar.update(len(chunk))
+    with atomic_file(dest, fsync=False, mode=FILE_MODE) as f:
+        for chunk in resp.iter_content(CHUNK):
+            f.write(chunk)
+            bar.update(len(chunk))
         if total is not None and bar.done != total:
             raise _Retry(f"connection closed after {bar.done} of {total} bytes")
-        os.replace(tmp, dest)
-        bar.finish()
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    bar.finish()
 

@@ -14,14 +14,15 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..storage import write_atomic
+from ..uris import is_local_uri
 from .cache import default_cache_dir
 from .format import MANIFEST_NAME, ROLES, BundleError, is_sha256, manifest_digest, parse_manifest, sha_mismatch
-from .store import Bundle, is_local_uri, open_bundle
+from .store import Bundle, open_bundle
 
 __all__ = ["BundleRef", "bundle_files", "bundle_ref", "materialise_bundle", "open_ref"]
 
@@ -144,7 +145,5 @@ def materialise_bundle(files: Mapping[str, bytes], bundle_digest: str, cache_dir
         same_size = target.is_file() and not target.is_symlink() and target.stat().st_size == len(data)
         if same_size and target.read_bytes() == data:
             continue
-        tmp = root / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        write_atomic(target, data, fsync=False)
     return root

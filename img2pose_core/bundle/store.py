@@ -1,7 +1,7 @@
 """Creating a bundle folder, and opening and verifying a bundle wherever it is.
 
-A bundle is local when its URI is a plain path or a ``file://`` URL (:func:`is_local_uri`); anything
-else is read through the remote cache (:mod:`.cache`).
+A bundle is local when its URI is a plain path or a ``file://`` URL
+(:func:`img2pose_core.uris.is_local_uri`); anything else is read through the remote cache (:mod:`.cache`).
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 
 from ..settings import ModelSettings
+from ..storage import write_atomic
+from ..uris import is_local_uri
 from .cache import default_cache_dir, sync_remote
-from .files import copy_stream_atomic, sha256_file, write_atomic
+from .files import FILE_MODE, copy_stream_atomic, sha256_file
 from .format import (
     ARRAY_ROLES,
     MANIFEST_NAME,
@@ -34,7 +36,7 @@ from .format import (
 if TYPE_CHECKING:
     from ..model import Img2Pose
 
-__all__ = ["Bundle", "create_bundle", "is_local_uri", "open_bundle"]
+__all__ = ["Bundle", "create_bundle", "open_bundle"]
 
 
 # --- Creating a bundle -----------------------------------------------------------------------------
@@ -102,7 +104,7 @@ def create_bundle(
         with open(src, "rb") as f:
             digest = copy_stream_atomic(f, out / src.name, None, str(src))
         files[role] = {"path": src.name, "sha256": digest}
-    write_atomic(manifest_path, manifest_bytes(new_manifest(files, settings, name, license, source)))
+    write_atomic(manifest_path, manifest_bytes(new_manifest(files, settings, name, license, source)), mode=FILE_MODE)
     return out
 
 
@@ -169,17 +171,6 @@ class Bundle:
         return build_model(self, **setting_overrides)
 
 
-def is_local_uri(uri: str) -> bool:
-    """Whether the bundle at ``uri`` is read in place (a path or ``file://``), not through the cache.
-
-    A local bundle may exist on this machine only: another process elsewhere needs its files shipped
-    (:func:`img2pose_core.bundle.bundle_ref`), while a remote one it can open itself.
-    """
-    scheme = urlsplit(uri).scheme
-    # One-letter "schemes" are Windows drive letters.
-    return not (len(scheme) > 1 and scheme != "file")
-
-
 def _local_path(uri: str) -> Path:
     if uri.startswith("file://"):
         return Path(unquote(urlsplit(uri).path))
@@ -198,10 +189,12 @@ def open_bundle(
     Local folders are read in place. Remote bundles are copied into ``<cache>/remote/<sha256 of uri>/``
     (atomically, each download checked against ``bundle.json``); a cached file with the right sha256 is
     not downloaded again. With ``verify`` (the default) every file's sha256 is checked before use;
-    ``verify=False`` skips re-hashing files already on disk (downloads are always checked).
+    ``verify=False`` skips re-hashing files already on disk (downloads are always checked). A malformed
+    URL raises ValueError.
     """
     text = str(uri)
     if not is_local_uri(text):
+        urlsplit(text)  # raises ValueError for a malformed URL (an unclosed IPv6 bracket ...)
         root = sync_remote(text, Path(cache_dir) if cache_dir else default_cache_dir(), storage_options, verify)
         manifest = parse_manifest((root / MANIFEST_NAME).read_bytes(), f"{text.rstrip('/')}/{MANIFEST_NAME}")
         where = text.rstrip("/")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -10,6 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..storage import write_atomic
 from . import page
 from . import queries
 from .samples import read_crops, render_sample
@@ -110,9 +110,6 @@ def build_report(
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     seconds = time.perf_counter() - started
     text = page.document(output, page.scope_html(tables.run_id), sections, generated, seconds)
-    out_html.parent.mkdir(parents=True, exist_ok=True)
     # Written aside and renamed, so that a reader never sees half a page.
-    tmp = out_html.with_name(f".{out_html.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out_html)
+    write_atomic(out_html, text.encode("utf-8"), fsync=False)
     return result

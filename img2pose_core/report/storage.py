@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import tarfile
-from typing import Any
 
 from ..output import filesystem
 
 __all__ = ["read_uri_bytes", "split_shard_uri"]
-
-
-def _fs(uri: str, s3_endpoint_url: str | None = None) -> tuple[Any, str]:
-    return filesystem(uri, s3_endpoint_url)
 
 
 def split_shard_uri(uri: str) -> tuple[str, str | None]:
@@ -25,7 +20,7 @@ def split_shard_uri(uri: str) -> tuple[str, str | None]:
 def read_uri_bytes(uri: str, s3_endpoint_url: str | None = None) -> bytes:
     """The bytes of ``image_uri`` as the job wrote it: a local path, an fsspec URL, or a tar shard member."""
     shard, member = split_shard_uri(uri)
-    fs, path = _fs(shard, s3_endpoint_url)
+    fs, path = filesystem(shard, s3_endpoint_url)
     if member is None:
         return fs.cat_file(path)
     with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:

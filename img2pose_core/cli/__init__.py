@@ -1,10 +1,14 @@
 """The ``img2pose`` command: ``predict`` and ``render`` on image files, ``report`` on a job's output,
 ``bundle create|fetch|verify``, and the Ray jobs ``annotate``, ``train``, ``evaluate``, ``prepare``.
 
-The job commands are the scripts of ``jobs/`` (what ``ray job submit ... -- python jobs/annotate.py``
-runs): ``img2pose annotate ARGS`` is ``python jobs/annotate.py ARGS``, the job's own parser and
-``main`` included. ``img2pose_core`` is the library under the jobs, so it imports ``jobs`` only when
-such a command runs, never when the parser is built.
+One module per command group (:mod:`.bundle`, :mod:`.predict`, :mod:`.render`, :mod:`.report`), each
+adding its subcommand with ``register``; :func:`main` here is the only entry point (the console script
+``img2pose`` and ``python -m img2pose_core.cli``).
+
+The job commands are the modules of ``jobs/`` (what ``ray job submit ... -- python -m jobs.annotate``
+runs): ``img2pose annotate ARGS`` is ``python -m jobs.annotate ARGS``, the job's own parser and ``main``
+included. ``img2pose_core`` is the library under the jobs, so it imports ``jobs`` only when such a
+command runs, never when the parser is built.
 """
 
 from __future__ import annotations
@@ -13,20 +17,21 @@ import argparse
 import importlib
 import sys
 
-from .flags import HelpFormatter, model_flag_error
+from ..flags import HelpFormatter, model_flag_error
 
 __all__ = ["main", "build_parser", "JOB_COMMANDS"]
 
 # command -> (module of jobs/, one-line help). The module's main(argv, prog=...) runs it.
 JOB_COMMANDS = {
-    "annotate": ("jobs.annotate", "annotate every face of an image corpus on Ray: Parquet/Iceberg tables (jobs/annotate.py)"),
-    "train": ("jobs.train", "train img2pose with Ray Train on prepared shards (jobs/train.py)"),
-    "evaluate": ("jobs.evaluate", "evaluate a bundle on AFLW2000-3D, BIWI or WIDER FACE, the authors' protocols (jobs/evaluate.py)"),
-    "prepare": ("jobs.prepare_dataset", "make training shards with pose labels from the authors' annotations (jobs/prepare_dataset.py)"),
+    "annotate": ("jobs.annotate", "annotate every face of an image corpus on Ray: Parquet/Iceberg tables (jobs.annotate)"),
+    "train": ("jobs.train", "train img2pose with Ray Train on prepared shards (jobs.train)"),
+    "evaluate": ("jobs.evaluate", "evaluate a bundle on AFLW2000-3D, BIWI or WIDER FACE, the authors' protocols (jobs.evaluate)"),
+    "prepare": ("jobs.prepare_dataset", "make training shards with pose labels from the authors' annotations (jobs.prepare_dataset)"),
 }  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``img2pose`` parser with every command (imports no torch, ray or numpy)."""
     parser = argparse.ArgumentParser(
         prog="img2pose",
         description=(
@@ -38,10 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from .bundle_cli import register as register_bundle
-    from .predict_cli import register as register_predict
-    from .render_cli import register as register_render
-    from .report_cli import register as register_report
+    from .bundle import register as register_bundle
+    from .predict import register as register_predict
+    from .render import register as register_render
+    from .report import register as register_report
 
     register_predict(sub)
     register_bundle(sub)
@@ -68,13 +73,14 @@ def run_job(command: str, argv: list[str]) -> int:
         if exc.name not in ("jobs", module):
             raise
         print(f"img2pose: error: `img2pose {command}` needs the jobs package of img2pose-ray beside img2pose_core "
-              f"(install the project, or run python jobs/{module.split('.')[1]}.py from the repository)",
+              f"(install the project, or run python -m {module} from the repository)",
               file=sys.stderr)  # fmt: skip
         return 2
     return int(job.main(argv, prog=f"img2pose {command}") or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``img2pose ARGV`` (default: ``sys.argv[1:]``) and return its exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in JOB_COMMANDS:
         # The job's flags have one definition, its own parser: argparse cannot pass options through a
@@ -87,6 +93,3 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(problem)
     return int(args.run(args) or 0)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,12 +7,13 @@ import json
 import sys
 import time
 
-from .flags import COMMON, HelpFormatter, add_model_flags, positive_int
+from ..flags import COMMON, HelpFormatter, add_model_flags, positive_int
 
 __all__ = ["register", "run_predict"]
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``predict`` command."""
     p = subparsers.add_parser(
         "predict",
         help="detect faces and their 6DoF poses in image files (JSON lines on stdout)",
@@ -39,9 +40,10 @@ def register(subparsers) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from .bundle import BundleError, resolve_bundle
-    from .imageio import DEFAULT_MAX_PIXELS, ImageDecodeError, read_image_file
-    from .predictor import Predictor
+    """``img2pose predict``: one JSON line per image on stdout; 1 if an image failed, 2 on a bad bundle or flag."""
+    from ..bundle import BundleError, resolve_bundle
+    from ..imageio import DEFAULT_MAX_PIXELS, ImageDecodeError, read_image_file
+    from ..predictor import Predictor
 
     try:
         bundle = resolve_bundle(args.bundle)
@@ -95,7 +97,7 @@ def expand_folders(paths: list[str]) -> list[str]:
     hidden entries and links to folders left out); files are kept as given, whatever their name."""
     import os
 
-    from .imageio import IMAGE_EXTENSIONS
+    from ..imageio import IMAGE_EXTENSIONS
 
     out: list[str] = []
     for path in paths:

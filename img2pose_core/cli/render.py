@@ -4,7 +4,7 @@ Two sources:
 
 - ``img2pose render --bundle B IMAGE... --out DIR`` runs the model on local image files;
 - ``img2pose render --from-output OUTPUT [--run-id R] [--sample N] --out DIR`` draws what a run of
-  ``jobs/annotate.py`` stored (the faces table's poses, boxes and 5 landmarks; with ``--bundle`` also the
+  ``jobs.annotate`` stored (the faces table's poses, boxes and 5 landmarks; with ``--bundle`` also the
   68 landmarks projected from the stored poses) on a sample of its images, re-read by ``image_uri``.
 
 Each PNG is named by the image's SHA-256 (first 16 hex digits), never by its path; one JSON line per
@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from .flags import HelpFormatter, add_model_flags
+from ..flags import HelpFormatter, add_model_flags
 
 __all__ = ["register", "run_render"]
 
@@ -30,7 +30,8 @@ _BUNDLE_HELP = (
 )
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``render`` command."""
     p = subparsers.add_parser(
         "render",
         help="draw faces with box, landmarks, pose axes, score and angles into PNG files",
@@ -68,7 +69,8 @@ def _emit(obj: dict) -> None:
 
 
 def run_render(args: argparse.Namespace) -> int:
-    from .render import DEFAULT_AXIS_LENGTH
+    """``img2pose render``: PNGs into ``--out``, one JSON line per image; 1 if an image failed, 2 on bad flags."""
+    from ..render import DEFAULT_AXIS_LENGTH
 
     if bool(args.images) == bool(args.from_output):
         print("img2pose: error: give IMAGE files or --from-output OUTPUT (one of the two)", file=sys.stderr)
@@ -93,10 +95,10 @@ def run_render(args: argparse.Namespace) -> int:
 
 
 def _render_images(args: argparse.Namespace, out: Path) -> int:
-    from .bundle import BundleError, resolve_bundle
-    from .imageio import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
-    from .predictor import Predictor
-    from .render import render_faces
+    from ..bundle import BundleError, resolve_bundle
+    from ..imageio import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+    from ..predictor import Predictor
+    from ..render import render_faces
 
     try:
         bundle = resolve_bundle(args.bundle)
@@ -133,8 +135,8 @@ def _render_images(args: argparse.Namespace, out: Path) -> int:
 
 
 def _render_from_output(args: argparse.Namespace, out: Path) -> int:
-    from .bundle import BundleError, resolve_bundle
-    from .report import OutputTables, ReportError, render_sample
+    from ..bundle import BundleError, resolve_bundle
+    from ..report import OutputTables, ReportError, render_sample
 
     points_68 = None
     if args.bundle:

@@ -8,12 +8,13 @@ import sys
 __all__ = ["register", "run_report"]
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``report`` command."""
     p = subparsers.add_parser(
         "report",
         help="write a self-contained HTML report of a job output (plots, crops, rendered samples)",
         description=(
-            "Query a jobs/annotate.py output (faces/ and images/ tables, runs/*.json) with DuckDB and write one "
+            "Query a jobs.annotate output (faces/ and images/ tables, runs/*.json) with DuckDB and write one "
             "HTML page with no external references: images by status and the top errors, faces per image, "
             "yaw/pitch/roll histograms and a yaw x pitch heat map, scores, face sizes, the runs' figures, a "
             "gallery of aligned crops and a few images drawn with their stored poses. The plots are also "
@@ -33,7 +34,8 @@ def register(subparsers) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from .report import ReportError, build_report
+    """``img2pose report``: write the HTML page of a job's output; 2 when the output cannot be read."""
+    from ..report import ReportError, build_report
 
     if args.crops < 0 or args.renders < 0:
         print("img2pose: error: --crops and --renders must not be negative", file=sys.stderr)

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from dataclasses import Field, fields
 from pathlib import Path
 
-from .flags import MODEL_FLAGS, HelpFormatter, model_flag_error
+from ..flags import MODEL_FLAGS, HelpFormatter, model_flag_error
 
-__all__ = ["register", "main"]
+__all__ = ["register"]
 
 # ModelSettings fields that `bundle create` exposes as options: a model flag's own type where the
 # field is one (flags.MODEL_FLAGS), else by the field's annotation.
@@ -35,7 +35,7 @@ def _guarded(action: Callable[[argparse.Namespace], int]) -> Callable[[argparse.
     """Run ``action``; a BundleError becomes ``img2pose: error: ...`` on stderr and exit code 2."""
 
     def run(args: argparse.Namespace) -> int:
-        from .bundle import BundleError
+        from ..bundle import BundleError
 
         try:
             return action(args)
@@ -49,7 +49,7 @@ def _guarded(action: Callable[[argparse.Namespace], int]) -> Callable[[argparse.
 # --- create ----------------------------------------------------------------------------------------
 def _add_create(actions: argparse._SubParsersAction) -> None:
     # settings, not model: the parser of every command is built at start, and model imports torch.
-    from .settings import ModelSettings
+    from ..settings import ModelSettings
 
     p = actions.add_parser(
         "create",
@@ -88,8 +88,8 @@ def _setting_help(f: Field) -> str:
 
 
 def _run_create(args: argparse.Namespace) -> int:
-    from .bundle import create_bundle
-    from .settings import ModelSettings
+    from ..bundle import create_bundle
+    from ..settings import ModelSettings
 
     chosen = {
         f.name: getattr(args, f"setting_{f.name}")
@@ -131,7 +131,7 @@ def _add_fetch(actions: argparse._SubParsersAction) -> None:
 
 
 def _run_fetch(args: argparse.Namespace) -> int:
-    from .bundle import LICENSE_NOTICE, fetch_official, official_bundle_dir
+    from ..bundle import LICENSE_NOTICE, fetch_official, official_bundle_dir
 
     out = args.out or official_bundle_dir(args.variant)
     print(LICENSE_NOTICE)
@@ -157,7 +157,7 @@ def _add_verify(actions: argparse._SubParsersAction) -> None:
 
 
 def _run_verify(args: argparse.Namespace) -> int:
-    from .bundle import open_bundle
+    from ..bundle import open_bundle
 
     options = {"client_kwargs": {"endpoint_url": args.endpoint_url}} if args.endpoint_url else None
     bundle = open_bundle(args.uri, cache_dir=args.cache_dir, storage_options=options, verify=True)
@@ -184,14 +184,3 @@ def _human(size: int) -> str:
         size /= 1000
     return f"{size:.1f} MB"
 
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m img2pose_core.bundle_cli bundle ...``: the bundle commands without the rest of the CLI."""
-    parser = argparse.ArgumentParser(prog="img2pose", formatter_class=HelpFormatter)
-    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    return int(args.run(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,184 @@
+"""The :class:`Predictor`: img2pose on a device, run over lists of images of any sizes.
+
+It puts the pieces together: inputs are read and converted (:mod:`.inputs`), grouped into batches of one
+padded network size (:mod:`.batching`), copied to the device and run in the chosen precision
+(:mod:`.device`) by the process's shared model (:mod:`.loading`) under ``torch.inference_mode``; each
+face's geometry is then derived for the whole batch at once (:mod:`.describe`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+
+from .. import alignment
+from ..imageio import DEFAULT_MAX_PIXELS
+from ..model import Img2Pose
+from .batching import plan_batches, reported_sizes
+from .describe import describe_faces
+from .device import DeviceCopies, Upload, autocast, resolve_device, resolve_precision
+from .faces import ImageFaces
+from .inputs import ImageInput, load_images, stored_uri
+from .loading import compile_mode, load_model
+
+if TYPE_CHECKING:
+    from ..bundle import Bundle
+
+__all__ = ["Predictor"]
+
+
+class Predictor:
+    """img2pose on a device, loaded once per process and bundle.
+
+    ``precision`` ``"bf16"``/``"fp16"`` autocasts the network on CUDA; the pose geometry always runs in
+    float64. ``threshold`` keeps faces scoring above it (it also skips the pose branch below it).
+    Predictors with the same bundle, device and settings share one model per process; ``shared=False``
+    gives this one its own, whose network input size :meth:`resize` may then change.
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle | str | Path,
+        *,
+        device: str | torch.device | None = "auto",
+        precision: str = "fp32",
+        min_size: int | None = None,
+        max_size: int | None = None,
+        threshold: float | None = None,
+        max_faces: int | None = None,
+        rpn_pre_nms_top_n: int | None = None,
+        rpn_post_nms_top_n: int | None = None,
+        crop_size: int = 112,
+        align_mode: str = "pose",
+        landmarks_68: bool = False,
+        batch_size: int = 8,
+        channels_last: bool | None = None,
+        compile: bool | str = False,
+        shared: bool = True,
+    ) -> None:
+        from ..bundle import Bundle, open_bundle
+
+        self.bundle: Bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle)
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        alignment.template_for(crop_size, align_mode)  # validates the pair early
+        self.crop_size, self.align_mode, self.landmarks_68 = crop_size, align_mode, landmarks_68
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        self.batch_size = batch_size
+        s = self.bundle.settings
+        self.settings = {
+            "min_size": min_size or s.min_size,
+            "max_size": max_size or s.max_size,
+            "rpn_pre_nms_top_n": rpn_pre_nms_top_n or s.rpn_pre_nms_top_n,
+            "rpn_post_nms_top_n": rpn_post_nms_top_n or s.rpn_post_nms_top_n,
+            "max_faces": max_faces if max_faces is not None else s.max_faces,
+        }
+        if self.settings["min_size"] < 32 or self.settings["max_size"] < self.settings["min_size"]:
+            raise ValueError(f"need 32 <= min_size <= max_size, got {self.settings['min_size']}/{self.settings['max_size']}")
+        # NHWC: faster convolutions on GPUs (tensor cores) and on CPU (oneDNN, about 15% on the
+        # benchmark machine), and the CPU RoI pooling gathers whole channel vectors from it.
+        self.channels_last = True if channels_last is None else bool(channels_last)
+        self.compile = compile_mode(compile)
+        self.threshold = float(threshold if threshold is not None else s.threshold)
+        if not 0.0 <= self.threshold < 1.0:
+            raise ValueError(f"threshold must be in [0, 1), not {self.threshold}")
+        self.shared = bool(shared)
+        self.model = self._load_model()
+        self._copies = DeviceCopies(self.device)
+        self._points_5 = torch.as_tensor(self.bundle.points_5, dtype=torch.float64, device=self.device)
+        self._points_68 = torch.as_tensor(self.bundle.points_68, dtype=torch.float64, device=self.device)
+
+    @property
+    def model_sha256(self) -> str:
+        """The SHA-256 of the bundle's weights, which every result carries."""
+        return self.bundle.model_sha256
+
+    def _load_model(self) -> Img2Pose:
+        return load_model(self.bundle, self.device, self.settings, channels_last=self.channels_last,
+                          compile=self.compile, shared=self.shared)  # fmt: skip
+
+    def resize(self, min_size: int, max_size: int) -> None:
+        """Change the network input size of a predictor made with ``shared=False`` (its own model), e.g.
+        per image as the original multi-scale evaluation does."""
+        if self.shared:
+            raise ValueError("resize() needs a Predictor made with shared=False: its model is shared with other predictors")
+        if min_size < 1 or max_size < min_size:
+            raise ValueError(f"need 1 <= min_size <= max_size, got {min_size}/{max_size}")
+        self.settings["min_size"], self.settings["max_size"] = int(min_size), int(max_size)
+        self.model.configure(min_size=int(min_size), max_size=int(max_size))
+
+    def predict(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        batch_size: int | None = None,
+        original_sizes: Sequence[tuple[int, int] | None] | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        storage_options: dict | None = None,
+    ) -> list[ImageFaces]:
+        """Faces of each image, in input order. Images of the same padded network size share a batch.
+
+        An image is an RGB ``(H, W, 3)`` uint8 array, a ``(3, H, W)`` tensor (uint8, or float in [0, 1]),
+        a PIL image (turned upright by its EXIF orientation, as files are; pass an array to use pixels as
+        they are), or a path: a ``str`` or ``os.PathLike`` local path, a ``file://`` URI or any fsspec URL
+        (``s3://``, ``https://`` ...; ``storage_options`` go to fsspec). Paths are read and decoded as the
+        annotation job decodes them (:func:`~img2pose_core.imageio.decode_image`: EXIF orientation, the
+        first frame of an animation, nothing declaring more than ``max_pixels`` pixels), one after the
+        other and all before the first batch runs; their results carry ``image_uri`` and
+        ``image_sha256``. Lists may mix paths and pixels.
+
+        A path that cannot be read or decoded raises nothing: as for an image too elongated to run
+        (``too_small``), its result has no faces, ``status`` is the job's status for it (``unreadable``,
+        ``not_an_image``, ``corrupt``, ``unsupported``, ``too_large``) and ``skipped`` names the path and
+        says why; one bad file never costs the others their faces. Check ``status`` before reading an
+        empty result as "no face". Any other type raises ``TypeError``, a badly shaped array ``ValueError``.
+
+        ``original_sizes`` (``(width, height)`` per image) says that an image is a reduced copy (e.g.
+        decoded at JPEG draft scale) of a picture of that size: coordinates are then reported in the
+        picture's pixels.
+        """
+        images = list(images)
+        results: list[ImageFaces | None] = [None] * len(images)
+        tensors, hashes, failed = load_images(images, max_pixels, storage_options)
+        for i, exc in failed.items():
+            results[i] = ImageFaces.empty(0, 0, (0, 0), exc.message, status=exc.status)
+        report = reported_sizes(tensors, original_sizes)
+        lo, hi = self.settings["min_size"], self.settings["max_size"]
+        chunks, too_small = plan_batches(tensors, lo, hi, batch_size or self.batch_size)
+        for i, (net, reason) in too_small.items():
+            results[i] = ImageFaces.empty(report[i][0], report[i][1], net, reason)
+        upload = self._copies.upload([tensors[i] for i in chunks[0]]) if chunks else None
+        for n, chunk in enumerate(chunks):
+            current = upload
+            if n + 1 < len(chunks):
+                # Queued before this chunk's compute: on a GPU the copy runs alongside it.
+                upload = self._copies.upload([tensors[i] for i in chunks[n + 1]])
+            faces = self._predict_batch(current, [report[i] for i in chunk])
+            for i, f in zip(chunk, faces):
+                results[i] = f
+        for i, result in enumerate(results):
+            result.model_sha256 = self.model_sha256
+            if isinstance(images[i], (str, os.PathLike)):
+                result.image_uri, result.image_sha256 = stored_uri(os.fsdecode(images[i])), hashes.get(i)
+        return results  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _predict_batch(self, upload: Upload, report_sizes: list[tuple[int, int]]) -> list[ImageFaces]:
+        """The faces of one uploaded batch of images of one padded network size."""
+        images = self._copies.ready(upload)
+        batch = [img.float().div_(255.0) if img.dtype == torch.uint8 else img.float() for img in images]
+        with autocast(self.precision):
+            detections = self.model(batch, threshold=self.threshold)
+        return describe_faces(
+            detections,
+            report_sizes,
+            points_5=self._points_5,
+            points_68=self._points_68 if self.landmarks_68 else None,
+            crop_size=self.crop_size,
+            align_mode=self.align_mode,
+            device=self.device,
+        )
