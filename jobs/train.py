@@ -26,8 +26,8 @@ from img2pose_core.flags import RawDescriptionHelpFormatter, positive_int
 from img2pose_core.storage import StorageConfig
 from img2pose_core.uris import is_url, join_uri
 
-STATE_NAME = "train_state.pt"
-WEIGHTS_NAME = "img2pose.pth"
+from .train_checkpoints import STATE_NAME, WEIGHTS_NAME, latest_checkpoint, save_checkpoint
+
 
 
 def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
@@ -150,33 +150,6 @@ def _rows_to_batch(rows: list[dict], flip: bool, rng, crop: bool = False, points
         images.append(img)
         targets.append(t)
     return images, targets
-
-
-def _state_dict_released(model) -> dict:
-    """The released layout: ``module.``-prefixed keys (as the authors' DataParallel checkpoints)."""
-    return {"module." + k: v.detach().cpu() for k, v in model.state_dict().items()}
-
-
-def _save_checkpoint(folder: Path, model, extra: dict, cfg: dict) -> None:
-    import shutil
-
-    import torch
-
-    from img2pose_core.bundle import create_bundle
-
-    work = folder / "files"
-    work.mkdir(parents=True, exist_ok=True)
-    torch.save({"fpn_model": _state_dict_released(model)}, work / WEIGHTS_NAME)
-    for name in ("pose_mean.npy", "pose_stddev.npy", "reference_3d_68_points_trans.npy", "reference_3d_5_points_trans.npy"):
-        shutil.copy(cfg["arrays"][name], work / name)
-    create_bundle(work / WEIGHTS_NAME, work / "pose_mean.npy", work / "pose_stddev.npy",
-                  work / "reference_3d_68_points_trans.npy", work / "reference_3d_5_points_trans.npy", folder / "bundle",
-                  name=f"{cfg['name']}-step{extra['step']}", source={"training_run": cfg["name"]})
-    shutil.rmtree(work)
-    torch.save(extra, folder / STATE_NAME)
-    progress = {k: v for k, v in extra.items() if isinstance(v, (int, float, str))}
-    progress["step_losses"] = [float(v) for v in extra.get("step_losses", [])]  # this epoch's, in step order
-    (folder / "progress.json").write_text(json.dumps(progress))
 
 
 def train_loop(cfg: dict) -> None:
@@ -310,7 +283,7 @@ def train_loop(cfg: dict) -> None:
             if rank == 0:
                 extra = {**state, **metrics, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                          "step_losses": step_losses}
-                _save_checkpoint(Path(tmp), model, extra, cfg)
+                save_checkpoint(Path(tmp), model, extra, cfg)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
         if stop:
@@ -318,26 +291,6 @@ def train_loop(cfg: dict) -> None:
 
 
 # --- Driver side -----------------------------------------------------------------------------------
-def latest_checkpoint(output: str, name: str) -> str | None:
-    """The checkpoint folder under ``output/name`` with the highest step (None if there is none).
-
-    A local folder comes back as a plain path, a remote one as a URL.
-    """
-    storage = StorageConfig.from_args(None)
-    root = join_uri(output, name)
-    if not storage.exists(root):
-        return None
-    best, best_step = None, -1
-    for uri in storage.glob(join_uri(root, "**", "progress.json")):
-        try:
-            step = json.loads(storage.read_bytes(uri))["step"]
-        except (ValueError, KeyError, OSError):
-            continue
-        if step > best_step:
-            best, best_step = uri.rsplit("/", 1)[0], step
-    return best
-
-
 def _local_arrays(args, work: Path) -> dict[str, str]:
     """Pose statistics of the data and the reference points, copied to local files for the workers."""
     import numpy as np
