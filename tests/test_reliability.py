@@ -145,7 +145,7 @@ def _check_exactly_once(faces: pa.Table, images: pa.Table, inputs: set[str]) -> 
     ids=["503", "500", "reset", "truncate"],
 )
 def test_injected_store_faults_are_classified_transient(s3_server, fault, plan):  # noqa: F811
-    """What s3fs raises once botocore and s3fs gave up must be retried by jobs.storage.with_retries.
+    """What s3fs raises once botocore and s3fs gave up must be retried by img2pose_core.storage.with_retries.
 
     Regression: a 503 SlowDown on PUT came out as OSError(EBUSY, "Please reduce your request rate.")
     and a 500 on HEAD as OSError(EREMOTEIO, "Internal Server Error"), and were taken as permanent.
