@@ -131,9 +131,10 @@ def model_flag_error(args: Any) -> str | None:
     return None
 
 
-def resolve_model_flags(args: argparse.Namespace, stored: Any) -> dict[str, Any]:
+def resolve_model_flags(args: object, stored: Any) -> dict[str, Any]:
     """The settings a command runs with: each model flag's value where given, else the bundle's (``stored``:
-    its :class:`~img2pose_core.settings.ModelSettings`)."""
+    its :class:`~img2pose_core.settings.ModelSettings`). ``args``: parsed flags (an ``argparse.Namespace``)
+    or anything with them as attributes (the job's ``JobConfig``); a missing one is not given."""
     out = {}
     for name in ("min_size", "max_size", "threshold", "max_faces", "rpn_pre_nms_top_n", "rpn_post_nms_top_n"):
         given = getattr(args, name, None)

@@ -88,12 +88,13 @@ def _matrix_to_quaternion(m: Tensor) -> Tensor:
     candidates = []
     for i in range(3):
         j, k = (i + 1) % 3, (i + 2) % 3
-        q = [None] * 4
-        q[i] = 1.0 - trace + 2.0 * m[..., i, i]
-        q[j] = m[..., j, i] + m[..., i, j]
-        q[k] = m[..., k, i] + m[..., i, k]
-        q[3] = m[..., k, j] - m[..., j, k]
-        candidates.append(torch.stack(q, dim=-1))
+        q = {
+            i: 1.0 - trace + 2.0 * m[..., i, i],
+            j: m[..., j, i] + m[..., i, j],
+            k: m[..., k, i] + m[..., i, k],
+            3: m[..., k, j] - m[..., j, k],
+        }
+        candidates.append(torch.stack([q[n] for n in range(4)], dim=-1))
     candidates.append(
         torch.stack(
             [m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1], 1.0 + trace],

@@ -29,13 +29,16 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import pyarrow as pa
 
 from .output import FACES_SCHEMA, IMAGES_SCHEMA, RUNS_SCHEMA
 from .uris import redact_uri
+
+if TYPE_CHECKING:
+    from pyiceberg.expressions import BooleanExpression
 
 __all__ = [
     "CatalogError",
@@ -220,14 +223,19 @@ def commit_run(
     return ids
 
 
+def _equal_to(column: str, value: str) -> BooleanExpression:
+    """The row filter ``column = value``."""
+    from pyiceberg.expressions import EqualTo
+
+    return EqualTo(column, value)  # type: ignore[call-arg, arg-type]  # mypy types pyiceberg's pydantic field __init__, not its own (term, literal) one
+
+
 def remove_dead_runs(tables: IcebergTables, dead_after_s: float = DEAD_AFTER_S, log=None) -> list[str]:
     """Remove the faces of runs that committed faces but never their images, long enough ago to be dead.
 
     Such rows exist only when a run died between its two commits. The delete touches only that run's
     rows (whole files of its partition: no data of another run is rewritten).
     """
-    from pyiceberg.expressions import EqualTo
-
     now_ms = time.time() * 1000
     faces = tables.faces.refresh()
     images = tables.images.refresh()
@@ -241,7 +249,7 @@ def remove_dead_runs(tables: IcebergTables, dead_after_s: float = DEAD_AFTER_S, 
         }
     )  # fmt: skip
     for run in dead:
-        faces.delete(EqualTo("run_id", run), snapshot_properties={RUN_PROPERTY + ".removed": run})
+        faces.delete(_equal_to("run_id", run), snapshot_properties={RUN_PROPERTY + ".removed": run})
         faces = faces.refresh()
         if log:
             log(f"removed the faces of run {run}, which died between its two commits")
@@ -252,12 +260,10 @@ def remove_dead_runs(tables: IcebergTables, dead_after_s: float = DEAD_AFTER_S, 
 
 def done_files(tables: IcebergTables) -> list[str]:
     """The data files of ``images`` that may hold ``ok`` rows (the current snapshot; no delete files)."""
-    from pyiceberg.expressions import EqualTo
-
     images = tables.images.refresh()
     if images.current_snapshot() is None:
         return []
-    tasks = images.scan(row_filter=EqualTo("status", "ok"), selected_fields=("image_uri", "status")).plan_files()
+    tasks = images.scan(row_filter=_equal_to("status", "ok"), selected_fields=("image_uri", "status")).plan_files()
     files = []
     for task in tasks:
         if task.delete_files:

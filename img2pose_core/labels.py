@@ -166,7 +166,7 @@ def epnp_image_pose(landmarks: np.ndarray, points_3d: np.ndarray, width: int, he
 class FaceLabels300WLP(FaceLabels):
     """300W-LP labels; ``pnp_pose``: the EPnP fit whose translation the pose keeps (its rotation is not used)."""
 
-    pnp_pose: np.ndarray = None  # type: ignore[assignment]
+    pnp_pose: np.ndarray  # (F, 6) float64
 
 
 def face_labels_300wlp(

@@ -106,7 +106,7 @@ class Img2Pose(nn.Module):
 
     def forward(self, images: list[Tensor], threshold: float = 0.0) -> list[ImageDetections]:
         """Detect faces in float RGB images ``(3, H, W)`` in [0, 1]; keeps faces scoring above ``threshold``."""
-        original = [tuple(int(v) for v in img.shape[-2:]) for img in images]
+        original = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         batch, _ = self.transform(images)
         x = batch.tensors.contiguous(memory_format=torch.channels_last) if self.channels_last else batch.tensors
         features = self.backbone(x)
@@ -118,6 +118,6 @@ class Img2Pose(nn.Module):
             ratio_w = torch.tensor(orig[1], dtype=torch.float32) / torch.tensor(resized[1], dtype=torch.float32)
             scale = torch.stack([ratio_w, ratio_h, ratio_w, ratio_h]).to(out.boxes.device)
             results.append(
-                ImageDetections(out.boxes * scale, out.scores, out.dofs, tuple(int(v) for v in resized), orig)
+                ImageDetections(out.boxes * scale, out.scores, out.dofs, (int(resized[0]), int(resized[1])), orig)
             )
         return results

@@ -78,6 +78,10 @@ class PoseRoIHeads(nn.Module):
     """The two RoI branches of img2pose and their post-processing (inference)."""
 
     CPU_SLICE = 256  # proposals pooled and scored together on CPU (see _pooled_slices)
+    # The buffers registered in __init__ (declared so that they type as tensors, not Tensor | Module).
+    pose_mean: Tensor
+    pose_stddev: Tensor
+    points_68: Tensor
 
     def __init__(
         self,

@@ -45,7 +45,7 @@ def start_ray(verbose: bool) -> None:
         # local cluster, which needs no action.
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     try:
-        ray.init(ignore_reinit_error=True, logging_level="INFO" if verbose else "WARNING", log_to_driver=True)
+        ray.init(ignore_reinit_error=True, logging_level=logging.INFO if verbose else logging.WARNING, log_to_driver=True)
     except Exception as exc:  # noqa: BLE001 - e.g. "The current node timed out during startup"
         raise JobError(
             f"Ray could not start or be reached ({root_cause(exc)}). On a loaded machine, run again; to use a "

@@ -4,6 +4,7 @@ files committed once the pipeline has written them, faces then images then the r
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from img2pose_core.output import RunManifest
 from img2pose_core.storage import StorageConfig
@@ -11,10 +12,13 @@ from img2pose_core.uris import join_uri, redact_text, redact_uri, scheme_of
 
 from .errors import JobError
 
+if TYPE_CHECKING:
+    from img2pose_core.iceberg import IcebergTables
+
 __all__ = ["open_iceberg", "commit_iceberg"]
 
 
-def open_iceberg(catalog_uri: str, namespace: str, output: str, storage: StorageConfig):
+def open_iceberg(catalog_uri: str, namespace: str, output: str, storage: StorageConfig) -> IcebergTables:
     """The run's Iceberg tables (created or evolved), before any work; exit 2 with the cause."""
     from img2pose_core.iceberg import CatalogError, open_catalog, open_tables
 
@@ -31,15 +35,16 @@ def open_iceberg(catalog_uri: str, namespace: str, output: str, storage: Storage
                        f"({type(exc).__name__}: {redact_text(str(exc), [catalog_uri])})") from exc  # fmt: skip
 
 
-def commit_iceberg(tables, manifest: RunManifest, totals: dict, catalog_uri: str) -> None:
+def commit_iceberg(tables: IcebergTables, manifest: RunManifest, totals: dict, catalog_uri: str) -> None:
     """Commit the run's files to the Iceberg tables: faces, images, then the run's row (atomic each)."""
     from img2pose_core.iceberg import commit_run
 
     ok = int(manifest.counts["by_status"].get("ok", 0))
+    snapshots: dict[str, int | None] = {}  # the manifest's, completed with the runs snapshot after the commit
 
     def row(ids: dict) -> dict:
-        manifest.iceberg = {"catalog": redact_uri(catalog_uri), "namespace": tables.namespace,
-                            "snapshots": {"faces": ids.get("faces"), "images": ids.get("images")}}  # fmt: skip
+        snapshots.update(faces=ids.get("faces"), images=ids.get("images"))
+        manifest.iceberg = {"catalog": redact_uri(catalog_uri), "namespace": tables.namespace, "snapshots": snapshots}
         return {
             "run_id": manifest.run_id, "status": manifest.status,
             "started_at": datetime.fromisoformat(manifest.started_at), "ended_at": datetime.now(timezone.utc),
@@ -54,4 +59,4 @@ def commit_iceberg(tables, manifest: RunManifest, totals: dict, catalog_uri: str
         raise JobError(f"run {manifest.run_id}: its files are written but the commit failed "
                        f"({type(exc).__name__}: {redact_text(str(exc), [catalog_uri])}); run the same command "
                        "again with --skip-existing and a new --run-id", exit_code=1) from exc  # fmt: skip
-    manifest.iceberg["snapshots"]["runs"] = ids.get("runs")
+    snapshots["runs"] = ids.get("runs")

@@ -85,12 +85,18 @@ class ConsoleFilter:
         pending = b""
         try:
             while True:
-                chunk = os.read(self._read, 65536)
+                # Each descriptor looked up just before its use: __exit__ closes them and sets them to None
+                # (also when its join timed out and this thread still runs).
+                if (source := self._read) is None:
+                    break
+                chunk = os.read(source, 65536)
                 if not chunk:  # every writer closed: the filter is being removed
                     break
                 now, pending = drop_lines(pending + chunk, self.patterns)
                 if now:
-                    os.write(self._saved, now)
+                    if (console := self._saved) is None:
+                        break
+                    os.write(console, now)
                     if self.copy_to is not None:
                         try:
                             os.write(self.copy_to, now)

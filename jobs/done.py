@@ -14,6 +14,8 @@ reading it (their bytes come in the same read as the others'). Both count as ``s
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -86,12 +88,12 @@ def _drop_key(table: pa.Table) -> pa.Table:
     return table.drop_columns([c for c in ("key",) if c in table.column_names])
 
 
-def is_done(members: object) -> bool:
+def is_done(members: Iterable[object] | None) -> bool:
     """Whether a file source's ``done_members`` says it is done."""
     return members is not None and "" in list(members)
 
 
-def done_member_names(members: object) -> set[str]:
+def done_member_names(members: Iterable[object] | None) -> set[str]:
     """The done member names of a shard source's ``done_members``."""
     if members is None:
         return set()

@@ -22,10 +22,11 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from img2pose_core.flags import RawDescriptionHelpFormatter, add_model_flags, model_flag_error
 
-PROTOCOLS = {
+PROTOCOLS: dict[str, dict[str, int | float | None]] = {
     "aflw2000": {"min_size": 400, "max_size": 1400, "rpn_pre_nms_top_n": 500, "rpn_post_nms_top_n": 10, "threshold": 0.0},
     "biwi": {"min_size": 700, "max_size": 1400, "rpn_pre_nms_top_n": 500, "rpn_post_nms_top_n": 10, "threshold": 0.9},
     "wider": {"min_size": None, "max_size": None, "rpn_pre_nms_top_n": None, "rpn_post_nms_top_n": None, "threshold": 0.0},
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None, prog: str = "evaluate.py") -> int:
     from img2pose_core.predictor import Predictor
 
     bundle = resolve_bundle(args.bundle)
-    proto = dict(PROTOCOLS[args.benchmark])
+    proto: dict[str, Any] = dict(PROTOCOLS[args.benchmark])  # then the flags given (argparse's values)
     for key in ("min_size", "max_size", "rpn_pre_nms_top_n", "rpn_post_nms_top_n", "threshold"):
         if getattr(args, key) is not None:
             proto[key] = getattr(args, key)

@@ -62,6 +62,7 @@ def _decode_rows(rows: list[dict], settings: LoadSettings) -> dict[str, np.ndarr
         sha = hashlib.sha256(data).hexdigest() if data is not None else None
         px, status, error, size, bytes_only = _EMPTY, r["status"], r["error"], (-1, -1), False
         if status == "pending":
+            assert data is not None, "a pending row carries the bytes read"
             try:
                 probed = probe_jpeg(data, max_pixels=settings.max_pixels) if settings.device_decode else None
                 if probed is not None:
@@ -211,6 +212,7 @@ def load_images(batch: dict[str, np.ndarray], settings: LoadSettings) -> Iterato
         if failure is not None:
             pending.append(_row(shown[index], failure.status, failure.message, kept=kept[index]))
         elif kinds[index] == "tar":
+            assert data is not None, "read_concurrently yields the bytes of every read without a failure"
             skip = done_member_names(done[index])
             for row in _tar_members(shown[index], data, _member_limit(data, settings)):
                 member = row["image_uri"][len(shown[index]) + 1 :]

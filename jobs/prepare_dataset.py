@@ -118,6 +118,7 @@ def label_image(record: dict, width: int, height: int, points_68: np.ndarray, po
 
     boxes = np.asarray([b[:4] for b in record.get("bboxes") or []], dtype=np.float64).reshape(-1, 4)
     lms = _face_landmarks(record, len(boxes))
+    fl: L.FaceLabels
     if kind == "300wlp":
         para = np.asarray(record["pose_para"], dtype=np.float64).reshape(len(boxes), -1)
         fl = L.face_labels_300wlp(boxes, lms, para, width, height, points_68)

@@ -20,9 +20,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from img2pose_core.output import NOT_WRITTEN, STATUSES
+
+if TYPE_CHECKING:
+    from ray.util.metrics import Counter, Gauge, Metric
 
 __all__ = [
     "Counts",
@@ -158,9 +161,14 @@ class RunMetrics:
 
         self.tags = {"run_id": str(run_id)}
         self.heartbeat_s = heartbeat_s
-        make = {"counter": Counter, "gauge": Gauge}
-        self.metrics = {key: make[m.kind](m.name, description=m.description, tag_keys=m.tag_keys)
-                        for key, m in METRICS.items()}  # fmt: skip
+        self.counters: dict[str, Counter] = {}
+        self.gauges: dict[str, Gauge] = {}
+        for key, m in METRICS.items():
+            if m.kind == "gauge":
+                self.gauges[key] = Gauge(m.name, description=m.description, tag_keys=m.tag_keys)
+            else:
+                self.counters[key] = Counter(m.name, description=m.description, tag_keys=m.tag_keys)
+        self.metrics: dict[str, Metric] = {**self.counters, **self.gauges}  # all of them, by METRICS key
         self._stop = threading.Event()
         self._beat()
         self._thread = threading.Thread(target=self._loop, name="img2pose-metrics-heartbeat", daemon=True)
@@ -168,7 +176,7 @@ class RunMetrics:
 
     def _beat(self, value: float = 1.0) -> None:
         try:
-            self.metrics["run_active"].set(value, tags=self.tags)
+            self.gauges["run_active"].set(value, tags=self.tags)
         except Exception:  # noqa: BLE001 - metrics are informative only
             pass
 
@@ -179,7 +187,7 @@ class RunMetrics:
     def _inc(self, key: str, value: int, **tags: str) -> None:
         if value > 0:  # Ray's Counter.inc refuses 0
             try:
-                self.metrics[key].inc(value, tags={**self.tags, **tags})
+                self.counters[key].inc(value, tags={**self.tags, **tags})
             except Exception:  # noqa: BLE001 - metrics are informative only
                 pass
 

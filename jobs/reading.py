@@ -116,7 +116,7 @@ def _http_status_failure(code: int, url: str) -> Exception:
     if code in (404, 410):
         return ReadFailure("unreadable", f"HTTP {code}: not found")
     error = OSError(f"HTTP {code}")
-    error.status = code  # type: ignore[attr-defined] - is_transient reads it
+    error.status = code  # type: ignore[attr-defined]  # a plain OSError (its name is in messages) with what is_transient reads
     return error
 
 

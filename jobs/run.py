@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from img2pose_core.output import RunManifest
 from img2pose_core.storage import StorageConfig
@@ -27,6 +28,9 @@ from .config import JobConfig, new_run_id
 from .console import log
 from .errors import JobError, root_cause
 from .inputs import InputError, InputSpec, ManifestPolicy, needs_dedupe, validate_inputs
+
+if TYPE_CHECKING:
+    from img2pose_core.iceberg import IcebergTables
 
 __all__ = ["JobError", "run_job", "check_output", "plain_done_files", "kept_schema"]
 
@@ -63,7 +67,7 @@ class _Run:
     storage: StorageConfig
     output: str
     specs: list[InputSpec]
-    tables: object | None  # the Iceberg tables, or None for plain Parquet
+    tables: IcebergTables | None  # the Iceberg tables, or None for plain Parquet
     run_id: str
     secrets: list[str]
     started: datetime

@@ -204,6 +204,8 @@ def _age_s(info: dict) -> float | None:
     stamp = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
     if isinstance(stamp, datetime):
         stamp = stamp.timestamp()
+    if stamp is None:
+        return None
     try:
         return time.time() - float(stamp)
     except (TypeError, ValueError):

@@ -101,7 +101,8 @@ class ModelStage:
         except Exception as exc:  # noqa: BLE001 - say which bundle, not a cache path
             raise RuntimeError(f"model actor could not load --bundle {where}: {redact_text(str(exc), [uri])}") from None
         self.model_sha256 = self.predictor.model_sha256
-        self.progress_name, self._progress = progress, None  # the run's ProgressCounter actor, by name
+        self.progress_name = progress
+        self._progress: Any = None  # the run's ProgressCounter actor (a Ray actor handle), looked up by name
 
     def _report(self, table: pa.Table) -> None:
         """Add this batch to the run's progress counts; never fails the batch (progress is informative)."""
@@ -220,7 +221,7 @@ class SourcesModelStage(ModelStage):
         super().__init__(**model_kwargs)
         self.load = load
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[pa.Table]:  # type: ignore[override]
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[pa.Table]:
         for rows in load_images(batch, self.load):
             yield super().__call__(rows)
 

@@ -20,6 +20,7 @@ import json
 import logging
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from img2pose_core.flags import RawDescriptionHelpFormatter, positive_int
@@ -188,7 +189,10 @@ def train_loop(cfg: dict) -> None:
     model.rpn.proposal_matcher = det_utils.Matcher(0.5, 0.3, allow_low_quality_matches=True)
     model.rpn._pre_nms_top_n["training"] = cfg.get("rpn_train_pre_nms_top_n", 6000)
     model.rpn._post_nms_top_n["training"] = cfg["rpn_train_top_n"]
-    forward = TrainingForward(model, torch.from_numpy(p5), TrainSettings(batch_size_per_image=cfg["rois_per_image"]))
+    # The module the steps call: TrainingForward, wrapped by Ray (DistributedDataParallel) on several workers.
+    forward: torch.nn.Module = TrainingForward(
+        model, torch.from_numpy(p5), TrainSettings(batch_size_per_image=cfg["rois_per_image"])
+    )
     forward = ray.train.torch.prepare_model(forward, parallel_strategy_kwargs={"find_unused_parameters": True}) \
         if ctx.get_world_size() > 1 else forward.to(ray.train.torch.get_device())
     params = [p for p in model.parameters() if p.requires_grad]
@@ -223,7 +227,8 @@ def train_loop(cfg: dict) -> None:
     while state["epoch"] < cfg["epochs"]:
         model.train()
         model.transform.min_size = min_sizes  # GeneralizedRCNNTransform picks one at random in training
-        totals, n, step_losses = {}, 0, []
+        totals: dict[str, float] = {}
+        n, step_losses = 0, []
         for rows in train_ds.iter_batches(batch_size=cfg["batch_size"], batch_format="pandas"):
             images, targets = _rows_to_batch(rows.to_dict("records"), cfg["flip"], rng, crop=cfg["crop"],
                                              points=(p68, p5), flip_pose=cfg["flip_pose"])  # fmt: skip
@@ -291,8 +296,9 @@ def train_loop(cfg: dict) -> None:
 
 
 # --- Driver side -----------------------------------------------------------------------------------
-def _local_arrays(args, work: Path) -> dict[str, str]:
-    """Pose statistics of the data and the reference points, copied to local files for the workers."""
+def _local_arrays(args, work: Path) -> tuple[dict[str, str], str | None]:
+    """Pose statistics of the data and the reference points, copied to local files for the workers; and the
+    weights of ``--init-bundle`` (None without it)."""
     import numpy as np
 
     from img2pose_core.bundle import open_bundle
@@ -357,7 +363,10 @@ def main(argv: list[str] | None = None, prog: str = "train.py") -> int:
         print(f"train.py: resuming from {resume}", file=sys.stderr)
     ray.init(ignore_reinit_error=True)
     data = args.data.rstrip("/")
-    datasets = {"train": ray.data.read_parquet(f"{data}/train").randomize_block_order(seed=args.seed)}
+    # TorchTrainer's type for its datasets (its dict is invariant): a dataset or a function making one.
+    datasets: dict[str, ray.data.Dataset | Callable[[], ray.data.Dataset]] = {
+        "train": ray.data.read_parquet(f"{data}/train").randomize_block_order(seed=args.seed)
+    }
     try:
         datasets["val"] = ray.data.read_parquet(f"{data}/val")
     except Exception:  # no validation split: the training loss stands in

@@ -39,7 +39,7 @@ def save_checkpoint(folder: Path, model, extra: dict, cfg: dict) -> None:
                   name=f"{cfg['name']}-step{extra['step']}", source={"training_run": cfg["name"]})
     shutil.rmtree(work)
     torch.save(extra, folder / STATE_NAME)
-    progress = {k: v for k, v in extra.items() if isinstance(v, (int, float, str))}
+    progress: dict[str, object] = {k: v for k, v in extra.items() if isinstance(v, (int, float, str))}
     progress["step_losses"] = [float(v) for v in extra.get("step_losses", [])]  # this epoch's, in step order
     (folder / "progress.json").write_text(json.dumps(progress))
 

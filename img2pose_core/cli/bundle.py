@@ -177,7 +177,7 @@ def _run_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _human(size: int) -> str:
+def _human(size: float) -> str:
     for unit in ("B", "kB", "MB"):
         if size < 1000 or unit == "MB":
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"

@@ -123,6 +123,8 @@ def evaluate_aflw2000(records: list[dict], predictions: dict[str, Faces], max_an
         if j is None:  # boxes, none above the threshold: the original reuses a stale pose here
             missed += 1
             continue
+        if pred.poses is None:
+            raise ValueError(f"{rec['image']}: the AFLW2000-3D protocol needs the predicted poses")
         errors.append(np.abs(_ypr(pred.poses[j : j + 1])[0] - rec["ypr"]))
         t_errors.append(np.abs(pred.poses[j, 3:] - rec["target"][3:]))
     return pose_summary(errors, t_errors, {"images": len(records), "evaluated": len(errors), "skipped": skipped, "missed": missed})

@@ -108,6 +108,8 @@ def biwi_pick(pred: Faces, threshold: float = 0.9) -> int:
     above = np.nonzero(pred.scores > threshold)[0]
     if not len(above):
         return 0
+    if pred.width is None or pred.height is None:
+        raise ValueError("the BIWI protocol picks the face nearest the image's centre: Faces needs width and height")
     boxes = pred.boxes[above]
     centres = boxes[:, :2] + (boxes[:, 2:] - boxes[:, :2]) // 2
     distance = np.hypot(centres[:, 0] - pred.width // 2, centres[:, 1] - pred.height // 2)
@@ -123,6 +125,8 @@ def evaluate_biwi(records: list[dict], predictions: dict[str, Faces], threshold:
             missed += 1
             continue
         pred = by_score(pred)
+        if pred.poses is None:
+            raise ValueError(f"{rec['image']}: the BIWI protocol needs the predicted poses")
         j = biwi_pick(pred, threshold)
         predicted = biwi_angles(geometry.rotvec_to_matrix(torch.from_numpy(pred.poses[j : j + 1, :3])).numpy())[0]
         roll_pitch_yaw = np.abs(predicted - biwi_angles(rec["rotation"])[0])

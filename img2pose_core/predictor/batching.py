@@ -31,12 +31,12 @@ def reported_sizes(
 ) -> list[tuple[int, int] | None]:
     """Per image, the (width, height) its coordinates are reported in: the picture's size where
     ``original_sizes`` gives one (the tensor is a reduced copy), else the tensor's; None without a tensor."""
-    return [
-        None if t is None
-        else (int(t.shape[2]), int(t.shape[1])) if not original_sizes or original_sizes[i] is None
-        else (int(original_sizes[i][0]), int(original_sizes[i][1]))
-        for i, t in enumerate(tensors)
-    ]  # fmt: skip
+
+    def size_of(i: int, t: Tensor) -> tuple[int, int]:
+        given = original_sizes[i] if original_sizes else None
+        return (int(t.shape[2]), int(t.shape[1])) if given is None else (int(given[0]), int(given[1]))
+
+    return [None if t is None else size_of(i, t) for i, t in enumerate(tensors)]
 
 
 def plan_batches(

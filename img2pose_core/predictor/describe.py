@@ -26,7 +26,7 @@ def describe_faces(
     points_5: Tensor,
     points_68: Tensor | None,
     crop_size: int,
-    align_mode: str,
+    align_mode: alignment.AlignMode,
     device: torch.device,
 ) -> list[ImageFaces]:
     """One :class:`ImageFaces` per image of the batch, its coordinates in pixels of ``report_sizes``

@@ -7,7 +7,7 @@ share one per process (a thread-safe cache); a predictor made with ``shared=Fals
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict
 
 import torch
 
@@ -16,7 +16,7 @@ from ..model import Img2Pose
 if TYPE_CHECKING:
     from ..bundle import Bundle
 
-__all__ = ["COMPILE_MODES", "compile_mode", "load_model"]
+__all__ = ["COMPILE_MODES", "ModelChoices", "compile_mode", "load_model"]
 
 COMPILE_MODES = ("off", "dynamic", "reduce-overhead", "max-autotune")
 
@@ -36,10 +36,20 @@ def compile_mode(value: bool | str | None) -> str:
     return str(value)
 
 
+class ModelChoices(TypedDict):
+    """The model settings a :class:`~img2pose_core.predictor.Predictor` sets (the others are the bundle's)."""
+
+    min_size: int
+    max_size: int
+    rpn_pre_nms_top_n: int
+    rpn_post_nms_top_n: int
+    max_faces: int | None
+
+
 def load_model(
     bundle: Bundle,
     device: torch.device,
-    settings: dict[str, Any],
+    settings: ModelChoices,
     *,
     channels_last: bool,
     compile: str,

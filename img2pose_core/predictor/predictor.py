@@ -22,7 +22,7 @@ from .describe import describe_faces
 from .device import DeviceCopies, Upload, autocast, resolve_device, resolve_precision
 from .faces import ImageFaces
 from .inputs import ImageInput, load_images, stored_uri
-from .loading import compile_mode, load_model
+from .loading import ModelChoices, compile_mode, load_model
 
 if TYPE_CHECKING:
     from ..bundle import Bundle
@@ -52,7 +52,7 @@ class Predictor:
         rpn_pre_nms_top_n: int | None = None,
         rpn_post_nms_top_n: int | None = None,
         crop_size: int = 112,
-        align_mode: str = "pose",
+        align_mode: alignment.AlignMode = "pose",
         landmarks_68: bool = False,
         batch_size: int = 8,
         channels_last: bool | None = None,
@@ -70,7 +70,7 @@ class Predictor:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         self.batch_size = batch_size
         s = self.bundle.settings
-        self.settings = {
+        self.settings: ModelChoices = {
             "min_size": min_size or s.min_size,
             "max_size": max_size or s.max_size,
             "rpn_pre_nms_top_n": rpn_pre_nms_top_n or s.rpn_pre_nms_top_n,
@@ -142,29 +142,33 @@ class Predictor:
         picture's pixels.
         """
         images = list(images)
-        results: list[ImageFaces | None] = [None] * len(images)
+        results: dict[int, ImageFaces] = {}  # by input index: every image gets one below
         tensors, hashes, failed = load_images(images, max_pixels, storage_options)
         for i, exc in failed.items():
             results[i] = ImageFaces.empty(0, 0, (0, 0), exc.message, status=exc.status)
-        report = reported_sizes(tensors, original_sizes)
+        # The images that loaded: only they are planned into batches or found too small.
+        loaded = {i: t for i, t in enumerate(tensors) if t is not None}
+        report = {i: size for i, size in enumerate(reported_sizes(tensors, original_sizes)) if size is not None}
         lo, hi = self.settings["min_size"], self.settings["max_size"]
         chunks, too_small = plan_batches(tensors, lo, hi, batch_size or self.batch_size)
         for i, (net, reason) in too_small.items():
             results[i] = ImageFaces.empty(report[i][0], report[i][1], net, reason)
-        upload = self._copies.upload([tensors[i] for i in chunks[0]]) if chunks else None
-        for n, chunk in enumerate(chunks):
-            current = upload
-            if n + 1 < len(chunks):
-                # Queued before this chunk's compute: on a GPU the copy runs alongside it.
-                upload = self._copies.upload([tensors[i] for i in chunks[n + 1]])
-            faces = self._predict_batch(current, [report[i] for i in chunk])
-            for i, f in zip(chunk, faces):
-                results[i] = f
-        for i, result in enumerate(results):
+        if chunks:
+            upload = self._copies.upload([loaded[i] for i in chunks[0]])
+            for n, chunk in enumerate(chunks):
+                current = upload
+                if n + 1 < len(chunks):
+                    # Queued before this chunk's compute: on a GPU the copy runs alongside it.
+                    upload = self._copies.upload([loaded[i] for i in chunks[n + 1]])
+                faces = self._predict_batch(current, [report[i] for i in chunk])
+                for i, f in zip(chunk, faces):
+                    results[i] = f
+        ordered = [results[i] for i in range(len(images))]
+        for i, (image, result) in enumerate(zip(images, ordered)):
             result.model_sha256 = self.model_sha256
-            if isinstance(images[i], (str, os.PathLike)):
-                result.image_uri, result.image_sha256 = stored_uri(os.fsdecode(images[i])), hashes.get(i)
-        return results  # type: ignore[return-value]
+            if isinstance(image, (str, os.PathLike)):
+                result.image_uri, result.image_sha256 = stored_uri(os.fsdecode(image)), hashes.get(i)
+        return ordered
 
     @torch.inference_mode()
     def _predict_batch(self, upload: Upload, report_sizes: list[tuple[int, int]]) -> list[ImageFaces]:

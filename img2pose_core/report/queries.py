@@ -101,6 +101,10 @@ class OutputTables:
         rows = self.rows(sql, params)  # fetched to the end: DuckDB wants a result finished before the next
         return rows[0] if rows else None
 
+    def aggregate(self, sql: str, params: list | None = None) -> tuple:
+        """The row of an aggregate query without ``group by`` (it has exactly one, even over no rows)."""
+        return self.rows(sql, params)[0]
+
 
 def _select_rows(con: Any, output: str, run_id: str | None) -> None:
     """Create the ``sel_images`` and ``sel_faces`` views: the latest state, or the rows of ``run_id``."""
@@ -147,11 +151,11 @@ class Summary:
 
 def summary(tables: OutputTables) -> Summary:
     """The summary section's counts."""
-    n_images, n_ok, n_faces_img, n_with, n_runs, first, last = tables.one(
+    n_images, n_ok, n_faces_img, n_with, n_runs, first, last = tables.aggregate(
         "select count(*), count(*) filter (where status = 'ok'), coalesce(sum(num_faces), 0), "
         "count(*) filter (where num_faces > 0), count(distinct run_id), min(processed_at), max(processed_at) from sel_images"
     )
-    n_faces, n_crops, models = tables.one(
+    n_faces, n_crops, models = tables.aggregate(
         "select count(*), count(crop_uri), list(distinct model_sha256) from sel_faces"
     )
     models = sorted(set(models or []) | {m for (m,) in tables.rows("select distinct model_sha256 from sel_images")})
@@ -262,7 +266,7 @@ def angle_stats(tables: OutputTables) -> AngleStats:
         name: tables.rows(f"select floor({name} / ?)::bigint b, count(*) from sel_faces group by b order by b", [ANGLE_STEP])
         for name in ANGLES
     }
-    stats = tables.one(
+    stats = tables.aggregate(
         "select avg(yaw), stddev_samp(yaw), avg(pitch), stddev_samp(pitch), avg(roll), stddev_samp(roll) from sel_faces"
     )
     return AngleStats(histograms=hists, mean_std=stats)

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 from .datasets import write_aflw2000_style, write_annotation_dataset, write_biwi_style, write_wider_style
 
 __all__ = ["main"]
 
-_WRITERS = {"annotations": write_annotation_dataset, "aflw2000": write_aflw2000_style, "biwi": write_biwi_style,
-            "wider": write_wider_style}
+# Each writer takes (out, points_68, points_5, n_images=, seed=, size=) and its own keywords (see main).
+_WRITERS: dict[str, Callable[..., Path]] = {
+    "annotations": write_annotation_dataset, "aflw2000": write_aflw2000_style, "biwi": write_biwi_style,
+    "wider": write_wider_style,
+}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -177,7 +177,7 @@ def write_wider_style(
     out = Path(out)
     rng = np.random.default_rng(seed)
     lines = []
-    settings = {"easy": {}, "medium": {}, "hard": {}}
+    settings: dict[str, dict[str, list[int]]] = {"easy": {}, "medium": {}, "hard": {}}
     for i in range(n_images):
         scene = make_scene(rng, points_68, points_5, size, faces, face_px=(0.08, 0.5))
         event = f"{i % 2}--Synthetic"

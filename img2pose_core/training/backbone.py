@@ -4,9 +4,13 @@ original freezes."""
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from ..model import Img2Pose
 
 __all__ = ["IMAGENET_RESNET18_URL_ENV", "BACKBONE_LAYERS", "BackboneWeightsError", "imagenet_resnet18_state_dict",
            "init_backbone"]  # fmt: skip
@@ -37,7 +41,7 @@ def imagenet_resnet18_state_dict(cache_dir: str | None = None) -> dict[str, Tens
         ) from exc
 
 
-def init_backbone(model: nn.Module, weights: str | None = "imagenet", trainable_layers: int = 3) -> list[str]:
+def init_backbone(model: Img2Pose, weights: str | None = "imagenet", trainable_layers: int = 3) -> list[str]:
     """Initialise and freeze the ResNet-18 of ``model.backbone`` as the original trains it: ImageNet weights
     (``"imagenet"``, a path to a torchvision ResNet-18 state dict, or None for random), batch norm frozen
     (it is ``FrozenBatchNorm2d`` already), and only the last ``trainable_layers`` of conv1, layer1 … layer4
@@ -50,10 +54,10 @@ def init_backbone(model: nn.Module, weights: str | None = "imagenet", trainable_
             state = imagenet_resnet18_state_dict()
         else:
             try:
-                state = torch.load(weights, map_location="cpu", weights_only=True)
+                loaded = torch.load(weights, map_location="cpu", weights_only=True)
             except Exception as exc:  # noqa: BLE001
                 raise BackboneWeightsError(f"--backbone-weights {weights}: not a readable state dict ({exc})") from exc
-            state = state.get("state_dict", state) if isinstance(state, dict) else state
+            state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else loaded
         wanted = body.state_dict()
         given = {k: v for k, v in state.items() if k in wanted}
         missing = sorted(set(wanted) - set(given))

@@ -9,6 +9,7 @@ could not do.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,9 @@ from torchvision.ops import boxes as box_ops
 from .. import geometry
 from .losses import pose_losses
 from .targets import F64
+
+if TYPE_CHECKING:
+    from ..model import Img2Pose
 
 __all__ = ["TrainSettings", "TrainingForward"]
 
@@ -46,7 +50,9 @@ class TrainingForward(nn.Module):
     the pose head's batch norm uses its running statistics and the RPN its test-time top-n).
     """
 
-    def __init__(self, model: nn.Module, points_5: Tensor, settings: TrainSettings | None = None) -> None:
+    points_5: Tensor  # the buffer registered in __init__
+
+    def __init__(self, model: Img2Pose, points_5: Tensor, settings: TrainSettings | None = None) -> None:
         super().__init__()
         self.model = model
         self.register_buffer("points_5", torch.as_tensor(points_5, dtype=F64).reshape(5, 3), persistent=False)
