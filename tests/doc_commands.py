@@ -39,8 +39,8 @@ def shell_lines(path: Path) -> list[str]:
 
 def module_args_start(tokens: list[str], module: str) -> int | None:
     """Index of the first argument of ``python -m MODULE`` in ``tokens``, or of ``img2pose COMMAND`` where
-    MODULE is a job with a console command (``img2pose_core.cli.JOB_COMMANDS``); None when neither runs."""
-    from img2pose_core.cli import JOB_COMMANDS
+    MODULE is a job with a console command (``jobs.cli.JOB_COMMANDS``); None when neither runs."""
+    from jobs.cli import JOB_COMMANDS
 
     command = next((c for c, (m, _) in JOB_COMMANDS.items() if m == module), None)
     for i, token in enumerate(tokens):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, needs_golden
-from img2pose_core import cli
+from jobs import cli
 from img2pose_core.flags import HelpFormatter, resolve_model_flags
 from ray_fixtures import ray_head  # noqa: F401
 from s3_fixtures import s3_server  # noqa: F401  (ray_head starts after it)
@@ -51,7 +51,7 @@ def _python(*args: str) -> subprocess.CompletedProcess:
 # --- fast --help ------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "code",
-    ["import img2pose_core.cli as m; m.build_parser()"]
+    ["import img2pose_core.cli as m; m.build_parser()", "import jobs.cli as m; m.build_parser()"]
     + [f"import jobs.{name} as m; m.build_parser()" for name in JOB_SCRIPTS],
 )
 def test_building_a_parser_imports_no_heavy_module(code):
@@ -63,7 +63,7 @@ def test_building_a_parser_imports_no_heavy_module(code):
 
 
 HELPS = [
-    ["-m", "img2pose_core.cli", *argv]
+    ["-m", "jobs.cli", *argv]
     for argv in (
         ["--help"], ["predict", "--help"], ["render", "--help"], ["report", "--help"], ["bundle", "--help"],
         ["bundle", "create", "--help"], ["bundle", "fetch", "--help"], ["bundle", "verify", "--help"],

@@ -1,37 +1,31 @@
-"""The ``img2pose`` command: ``predict`` and ``render`` on image files, ``report`` on a job's output,
-``bundle create|fetch|verify``, and the Ray jobs ``annotate``, ``train``, ``evaluate``, ``prepare``.
+"""The ``img2pose`` command's library part: ``predict`` and ``render`` on image files, ``report`` on a
+job's output, ``bundle create|fetch|verify``.
 
 One module per command group (:mod:`.bundle`, :mod:`.predict`, :mod:`.render`, :mod:`.report`), each
-adding its subcommand with ``register``; :func:`main` here is the only entry point (the console script
-``img2pose`` and ``python -m img2pose_core.cli``).
-
-The job commands are the modules of ``jobs/`` (what ``ray job submit ... -- python -m jobs.annotate``
-runs): ``img2pose annotate ARGS`` is ``python -m jobs.annotate ARGS``, the job's own parser and ``main``
-included. ``img2pose_core`` is the library under the jobs, so it imports ``jobs`` only when such a
-command runs, never when the parser is built.
+adding its subcommand with ``register``; :func:`main` here is the one entry point. The Ray jobs
+(``annotate``, ``train``, ``evaluate``, ``prepare``) live in ``jobs/``, above this library: the console
+script ``img2pose`` is :func:`jobs.cli.main`, which hands them to :func:`main` as pass-through
+``commands``, so ``img2pose_core`` never imports ``jobs``. ``python -m img2pose_core.cli`` has the
+library's commands only.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+from collections.abc import Callable, Mapping
 
 from ..flags import HelpFormatter, model_flag_error
 
-__all__ = ["main", "build_parser", "JOB_COMMANDS"]
+__all__ = ["main", "build_parser", "PassThrough"]
 
-# command -> (module of jobs/, one-line help). The module's main(argv, prog=...) runs it.
-JOB_COMMANDS = {
-    "annotate": ("jobs.annotate", "annotate every face of an image corpus on Ray: Parquet/Iceberg tables (jobs.annotate)"),
-    "train": ("jobs.train", "train img2pose with Ray Train on prepared shards (jobs.train)"),
-    "evaluate": ("jobs.evaluate", "evaluate a bundle on AFLW2000-3D, BIWI or WIDER FACE, the authors' protocols (jobs.evaluate)"),
-    "prepare": ("jobs.prepare_dataset", "make training shards with pose labels from the authors' annotations (jobs.prepare_dataset)"),
-}  # fmt: skip
+# A command whose arguments go untouched to its own parser: (one-line help, run(argv) -> exit code).
+PassThrough = tuple[str, Callable[[list[str]], int]]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``img2pose`` parser with every command (imports no torch, ray or numpy)."""
+def build_parser(commands: Mapping[str, PassThrough] | None = None) -> argparse.ArgumentParser:
+    """The ``img2pose`` parser with the library's commands and the pass-through ``commands`` (imports no
+    torch, ray or numpy)."""
     parser = argparse.ArgumentParser(
         prog="img2pose",
         description=(
@@ -52,41 +46,28 @@ def build_parser() -> argparse.ArgumentParser:
     register_bundle(sub)
     register_render(sub)
     register_report(sub)
-    for command, (module, text) in JOB_COMMANDS.items():
-        _register_job(sub, command, module, text)
+    for command, (text, run) in (commands or {}).items():
+        _register_pass_through(sub, command, text, run)
     return parser
 
 
-def _register_job(sub: argparse._SubParsersAction, command: str, module: str, text: str) -> None:
-    """List a job command; :func:`main` hands its arguments to the job's own parser, untouched."""
-    p = sub.add_parser(command, help=text, add_help=False, description=f"Runs {module}.main; see --help.")
-    # Reached only by parse_args([command]) outside main: runs the job with no arguments (its usage).
-    p.set_defaults(run=lambda args: run_job(command, []))
+def _register_pass_through(sub: argparse._SubParsersAction, command: str, text: str,
+                           run: Callable[[list[str]], int]) -> None:  # fmt: skip
+    """List a pass-through command; :func:`main` hands its arguments to its own parser, untouched."""
+    p = sub.add_parser(command, help=text, add_help=False, description="See --help.")
+    # Reached only by parse_args([command]) outside main: runs it with no arguments (its usage).
+    p.set_defaults(run=lambda args: run([]))
 
 
-def run_job(command: str, argv: list[str]) -> int:
-    """``img2pose COMMAND ARGS``: the job module's ``main(ARGS)``, with ``img2pose COMMAND`` in its messages."""
-    module, _ = JOB_COMMANDS[command]
-    try:
-        job = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("jobs", module):
-            raise
-        print(f"img2pose: error: `img2pose {command}` needs the jobs package of img2pose-ray beside img2pose_core "
-              f"(install the project, or run python -m {module} from the repository)",
-              file=sys.stderr)  # fmt: skip
-        return 2
-    return int(job.main(argv, prog=f"img2pose {command}") or 0)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``img2pose ARGV`` (default: ``sys.argv[1:]``) and return its exit code."""
+def main(argv: list[str] | None = None, commands: Mapping[str, PassThrough] | None = None) -> int:
+    """Run ``img2pose ARGV`` (default: ``sys.argv[1:]``) and return its exit code; ``commands`` are the
+    pass-through commands (the jobs')."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in JOB_COMMANDS:
-        # The job's flags have one definition, its own parser: argparse cannot pass options through a
-        # subparser untouched, so the job command is recognised here, before any parsing.
-        return run_job(argv[0], argv[1:])
-    parser = build_parser()
+    if argv and commands and argv[0] in commands:
+        # A job's flags have one definition, its own parser: argparse cannot pass options through a
+        # subparser untouched, so the command is recognised here, before any parsing.
+        return int(commands[argv[0]][1](argv[1:]) or 0)
+    parser = build_parser(commands)
     args = parser.parse_args(argv)
     problem = model_flag_error(args)
     if problem:
