@@ -35,7 +35,7 @@ def _dotted(node: ast.AST) -> list[str] | None:
 def used_names(package: Path = ROOT / "img2pose_core") -> set[str]:
     """Every torch/torchvision name the package's modules reach, as dotted paths."""
     names: set[str] = set()
-    for path in sorted(package.glob("*.py")):
+    for path in sorted(p for p in package.rglob("*.py") if "__pycache__" not in p.parts):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         aliases: dict[str, str] = {}
         for node in ast.walk(tree):
