@@ -15,6 +15,15 @@ from img2pose_core.storage import StorageConfig, is_local_fs, uri_of, with_retri
 from .specs import InputSpec, classify_directory, source_kind, source_row
 
 
+_MODE_KINDS = ((stat.S_ISDIR, "directory"), (stat.S_ISREG, "file"), (stat.S_ISFIFO, "fifo"),
+               (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "char_device"), (stat.S_ISBLK, "block_device"))  # fmt: skip
+
+
+def _mode_kind(mode: int) -> str:
+    """The kind of a file that is not a link, from its ``st_mode``."""
+    return next((kind for test, kind in _MODE_KINDS if test(mode)), "other")
+
+
 def _local_entry_type(entry: os.DirEntry) -> str:
     try:
         if entry.is_symlink():
@@ -27,19 +36,7 @@ def _local_entry_type(entry: os.DirEntry) -> str:
         mode = entry.stat(follow_symlinks=False).st_mode
     except OSError:
         return "file"  # vanished or unreadable: the read says so
-    if stat.S_ISDIR(mode):
-        return "directory"
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISFIFO(mode):
-        return "fifo"
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    if stat.S_ISCHR(mode):
-        return "char_device"
-    if stat.S_ISBLK(mode):
-        return "block_device"
-    return "other"
+    return _mode_kind(mode)
 
 
 def _scan_local(path: str) -> tuple[list[tuple[str, str]], list[str]]:
@@ -133,8 +130,4 @@ def _local_path_type(path: str) -> str:
             return "link_to_directory" if stat.S_ISDIR(os.stat(path).st_mode) else "file"
         except OSError:
             return "file"
-    for test, kind in ((stat.S_ISDIR, "directory"), (stat.S_ISREG, "file"), (stat.S_ISFIFO, "fifo"),
-                       (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "char_device"), (stat.S_ISBLK, "block_device")):  # fmt: skip
-        if test(mode):
-            return kind
-    return "other"
+    return _mode_kind(mode)
