@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from img2pose_core.cli.parser import CommandParser
 from img2pose_core.flags import COMMON, HelpFormatter, add_model_flags, finite_number, model_flag_error, positive_int
 
 __all__ = ["build_parser", "parse_args", "main"]
@@ -68,7 +69,7 @@ def _gpus(text: str) -> float:
 
 def build_parser(prog: str = "annotate.py") -> argparse.ArgumentParser:
     """The job's flags: the one definition, also used to check cluster manifests (and by ``img2pose annotate``)."""
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog=prog,
         description=(
             "Find every face in a corpus of images with img2pose and write Parquet tables: faces/ (one row "
@@ -110,7 +111,12 @@ def build_parser(prog: str = "annotate.py") -> argparse.ArgumentParser:
     )  # fmt: skip
     io_.add_argument("--crops", type=int, choices=[112, 224], default=None, help="also write aligned face crops of this size as JPEG under OUTPUT/crops/")
     io_.add_argument("--align", choices=["pose", "arcface"], default="pose", help="alignment templates: img2pose's five pose-dependent ones, or the single ArcFace one (112 only)")
-    io_.add_argument("--rows-per-file", type=_positive_int, default=5000, help="target images per Parquet file")
+    io_.add_argument("--rows-per-file", type=_positive_int, default=5000, help="the most images per Parquet file")
+    io_.add_argument(
+        "--flush-interval", type=_non_negative_float, default=60.0, metavar="SECONDS",
+        help="write what the model has done at least this often, even when a file is not full, so that a "
+        "killed run keeps its work up to this long before (0: write full files only)",
+    )  # fmt: skip
     io_.add_argument(
         "--keep-columns", type=_column_names, default=[], metavar="A,B",
         help="copy these columns of the manifest inputs into the images table, one column each "

@@ -61,6 +61,10 @@ def start_ray(verbose: bool) -> None:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         # Its one warning says that the progress bars we turned off are off.
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+        # Ray Data's high-memory detector asks for `memory=` in a call the user does not write (ten lines,
+        # every 30 s): the job sizes its stages itself (jobs/plan.py), and an actual lack of memory ends
+        # the run with a message that says what to change (jobs/errors.py). -1 turns it off.
+        ctx.issue_detectors_config.high_memory_detector_config.detection_time_interval_s = -1
 
 
 def alive_nodes() -> list[dict[str, float]]:

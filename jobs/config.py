@@ -35,6 +35,7 @@ class JobConfig:
     crops: int | None = None
     align: str = "pose"
     rows_per_file: int = 5000
+    flush_interval: float = 60.0
     keep_columns: list[str] = field(default_factory=list)
     # Iceberg tables
     catalog: str | None = None

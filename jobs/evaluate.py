@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from img2pose_core.cli.parser import CommandParser
 from img2pose_core.flags import RawDescriptionHelpFormatter, add_model_flags, model_flag_error
 
 PROTOCOLS: dict[str, dict[str, int | float | None]] = {
@@ -42,7 +43,7 @@ _THRESHOLD_HELP = (
 
 def build_parser(prog: str = "evaluate.py") -> argparse.ArgumentParser:
     """The script's flags; the model flags come from img2pose_core.flags, defaulting to the protocol's values."""
-    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=RawDescriptionHelpFormatter)
+    p = CommandParser(prog=prog, description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     add_model_flags(p, ("bundle",))
     p.add_argument("--benchmark", required=True, choices=sorted(PROTOCOLS))
     p.add_argument("--data", required=True,

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import numpy as np  # imported where used: --help must not wait for numpy
 
+from img2pose_core.cli.parser import CommandParser
 from img2pose_core.flags import RawDescriptionHelpFormatter
 from img2pose_core.storage import StorageConfig
 
@@ -46,7 +47,7 @@ __all__ = ["build_parser", "main", "read_annotation_list", "label_image", "prepa
 
 def build_parser(prog: str = "prepare_dataset.py") -> argparse.ArgumentParser:
     """The script's flags."""
-    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=RawDescriptionHelpFormatter)
+    p = CommandParser(prog=prog, description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     p.add_argument("--train-list", default=None, help="list file of per-image annotation JSONs (training split; required "
                    "for wider and 300wlp)")
     p.add_argument("--val-list", default=None, help="list file of the validation split")

@@ -39,6 +39,8 @@ __all__ = [
     "PROGRESS_ACTOR_PREFIX",
 ]
 
+KEYS = ("ok", "failed", "counted", "faces", "skipped")
+
 # The run's counter actor is named PROGRESS_ACTOR_PREFIX + run id (jobs/run.py).
 PROGRESS_ACTOR_PREFIX = "img2pose-progress-"
 
@@ -46,27 +48,31 @@ PROGRESS_ACTOR_PREFIX = "img2pose-progress-"
 @dataclass
 class Counts:
     """Images past the model so far: ``ok``, ``failed`` (any other status with a table row),
-    ``counted`` (entries that get no row: skipped, duplicates, markers ...), and ``faces``."""
+    ``skipped`` (done by an earlier run), ``counted`` (other entries that get no row: duplicates,
+    markers, sidecars ...), and ``faces``."""
 
     ok: int = 0
     failed: int = 0
     counted: int = 0
     faces: int = 0
+    skipped: int = 0  # inputs done by an earlier run (--skip-existing): neither images nor failures
 
     @property
     def images(self) -> int:
         return self.ok + self.failed
 
     def add(self, other: dict[str, int]) -> None:
-        for key in ("ok", "failed", "counted", "faces"):
+        for key in KEYS:
             setattr(self, key, getattr(self, key) + int(other.get(key, 0)))
 
 
 def batch_counts(statuses: list[str], faces: int) -> dict[str, int]:
     """What one model batch adds to the counts, from its rows' statuses and its number of faces."""
     ok = sum(1 for s in statuses if s == "ok")
-    counted = sum(1 for s in statuses if s in NOT_WRITTEN)
-    return {"ok": ok, "failed": len(statuses) - ok - counted, "counted": counted, "faces": int(faces)}
+    skipped = sum(1 for s in statuses if s == "skipped")
+    counted = sum(1 for s in statuses if s in NOT_WRITTEN) - skipped
+    return {"ok": ok, "failed": len(statuses) - ok - counted - skipped, "counted": counted, "faces": int(faces),
+            "skipped": skipped}  # fmt: skip
 
 
 def status_counts(statuses: list[str]) -> dict[str, int]:
@@ -98,6 +104,8 @@ def format_progress(counts: Counts, elapsed_s: float, total: int | None, bar_wid
     parts = [head, f"ok {counts.ok}", f"failed {counts.failed}", f"faces {counts.faces}", f"{rate:.2f} images/s"]
     if counts.counted:
         parts.insert(3, f"not images {counts.counted}")
+    if counts.skipped:
+        parts.insert(3, f"skipped {counts.skipped} (done before)")
     if total and rate > 0 and done < total:
         parts.append(f"ETA {_duration((total - done) / rate)}")
     line = " | ".join(parts)
@@ -250,7 +258,7 @@ class ProgressCounter:
 
     def snapshot(self) -> dict[str, int]:
         c = self.counts
-        return {"ok": c.ok, "failed": c.failed, "counted": c.counted, "faces": c.faces}
+        return {key: getattr(c, key) for key in KEYS}
 
 
 @dataclass
@@ -259,7 +267,7 @@ class ProgressDisplay:
 
     ``read`` returns the current counts (or None when they cannot be read now). In a terminal
     (``interactive``) the line is redrawn in place; otherwise a new line is written each interval,
-    and only when the counts changed.
+    and only when the counts changed. The terminal form is a tqdm bar.
     """
 
     read: Callable[[], dict[str, int] | None]
@@ -273,9 +281,16 @@ class ProgressDisplay:
     _started: float = field(default=0.0, init=False)
     _last: Counts | None = field(default=None, init=False)
     lines_written: int = field(default=0, init=False)
+    _bar: Any = field(default=None, init=False)
 
     def start(self) -> "ProgressDisplay":
         self._started = time.perf_counter()
+        if self.interactive:
+            from tqdm import tqdm
+
+            # A live bar: images done of the total, images/s and the ETA, ok / failed / faces after it.
+            self._bar = tqdm(total=self.total or None, unit="images", desc=self.prefix.strip(), file=self.stream,
+                             dynamic_ncols=True, mininterval=0, smoothing=0.1, leave=True)  # fmt: skip
         self._thread = threading.Thread(target=self._loop, name="img2pose-progress", daemon=True)
         self._thread.start()
         return self
@@ -292,7 +307,10 @@ class ProgressDisplay:
             snapshot = None
         if snapshot is None:
             return
-        counts = Counts(**{k: int(v) for k, v in snapshot.items() if k in ("ok", "failed", "counted", "faces")})
+        counts = Counts(**{k: int(v) for k, v in snapshot.items() if k in KEYS})
+        if self._bar is not None:
+            self._show_bar(counts, final)
+            return
         line = format_progress(counts, time.perf_counter() - self._started, self.total,
                                bar_width=24 if self.interactive else 0)  # fmt: skip
         if self.interactive:
@@ -303,12 +321,29 @@ class ProgressDisplay:
         self._last = counts
         self.stream.flush()
 
+    def _show_bar(self, counts: Counts, final: bool) -> None:
+        bar = self._bar
+        extra = (f", skipped {counts.skipped} (done before)" if counts.skipped else "") + (
+            f", not images {counts.counted}" if counts.counted else "")
+        bar.set_postfix_str(f"ok {counts.ok}, failed {counts.failed}, faces {counts.faces}{extra}", refresh=False)
+        if counts.images > bar.n:
+            bar.update(counts.images - bar.n)  # redraws
+        else:
+            bar.refresh()
+        self._last = counts
+        if final:
+            bar.close()
+            self._bar = None
+
     def stop(self, show_final: bool = True) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         if show_final:
             self.show(final=True)
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 def ray_counter_reader(counter: Any, timeout_s: float = 5.0) -> Callable[[], dict[str, int] | None]:

@@ -15,7 +15,7 @@ import contextlib
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
@@ -51,6 +51,8 @@ def run_job(args: argparse.Namespace) -> int:
             return _run(config, console, run_log)
     except JobError as exc:
         run_log.write(f"annotate.py: error: {exc}\n")
+        if exc.exit_code == 2:  # refused before any work: nothing of it stays in the output
+            run_log.discard()
         raise
     except BaseException as exc:
         run_log.write(f"annotate.py: {type(exc).__name__}: {exc}\n")
@@ -72,6 +74,8 @@ class _Run:
     secrets: list[str]
     started: datetime
     wall_start: float
+    interactive: bool = False  # stderr is a terminal: a live bar instead of a line per interval
+    written: list = field(default_factory=list)  # the write tasks' results so far (counts of a failed run)
 
     @property
     def form(self) -> str:
@@ -198,11 +202,14 @@ def _run(config: JobConfig, console: contextlib.ExitStack, run_log) -> int:
     from .progress import PROGRESS_ACTOR_PREFIX, ProgressCounter, ProgressDisplay, ray_counter_reader
     from .sink import AnnotationSink
     from .stages import BundleFiles, LoadSettings
+    from .writer import FlushPolicy, write_streaming
 
     run = _prepare(config, console, run_log)
     bundle = _open_bundle(run)
     bundle_shown = redact_uri(str(bundle.uri))
     kept = kept_schema(run.specs, run.storage.for_checks(), config.keep_columns)
+    # Asked before the console filter puts a pipe in front of stderr (it forwards to the same terminal).
+    run.interactive = sys.stderr.isatty()
     _start_console(config, console, run_log)
 
     effective = resolve_model_flags(config, bundle.settings)  # each model flag where given, else the bundle's
@@ -256,16 +263,17 @@ def _run(config: JobConfig, console: contextlib.ExitStack, run_log) -> int:
     ds = build_pipeline(sources, plan, load, model_kwargs, crops=config.crops, output=run.output, storage=run.storage)
     sink = AnnotationSink(folders, run.storage, run.run_id, bundle.model_sha256, rows_per_file=config.rows_per_file,
                           kept=kept)  # fmt: skip
-    interactive = sys.stderr.isatty()
     display = ProgressDisplay(ray_counter_reader(counter), total=expected_images,
-                              interval_s=0.5 if interactive else config.progress_interval, interactive=interactive)
+                              interval_s=0.5 if run.interactive else config.progress_interval,
+                              interactive=run.interactive)  # fmt: skip
+    flush = FlushPolicy(rows_per_file=config.rows_per_file, interval_s=config.flush_interval)
     t0 = time.perf_counter()
     display.start()
     try:
-        ds.write_datasink(sink, ray_remote_args={"num_cpus": 0.25})
-    except Exception as exc:  # noqa: BLE001 - any failure of the distributed run ends here
+        sink.finish(write_streaming(ds, sink, flush, on_written=run.written.append))
+    except BaseException as exc:  # any failure of the distributed run (or an interrupt) ends here
         display.stop()
-        _fail(run, exc)
+        _fail(run, exc, time.perf_counter() - t0)
     elapsed = time.perf_counter() - t0
     display.stop()
     manifest = _succeeded(run, sink.totals, elapsed, bundle, predictor_kwargs, plan,
@@ -273,13 +281,26 @@ def _run(config: JobConfig, console: contextlib.ExitStack, run_log) -> int:
     return _finish(run, manifest, sink.totals)
 
 
-def _fail(run: _Run, exc: BaseException) -> None:
-    """The run failed part-way: record it, remove this run's own half-written files, and raise."""
+def _fail(run: _Run, exc: BaseException, elapsed: float) -> None:
+    """The run failed part-way (or was interrupted): record it with its arguments and what was written,
+    remove this run's own half-written files, and raise a JobError whose message names the cause."""
+    from .errors import failure_cause, worker_deaths
     from .sink import remove_orphans
+    from .summary import redacted_arguments
+    from .writer import merge_write_results
 
-    cause = run.redact(root_cause(exc))
-    failed = RunManifest(run_id=run.run_id, status="failed", started_at=run.started.isoformat(),
-                         ended_at=datetime.now(timezone.utc).isoformat(), error=cause, form=run.form)  # fmt: skip
+    interrupted = isinstance(exc, KeyboardInterrupt)
+    cause = "interrupted (SIGINT)" if interrupted else run.redact(failure_cause(exc, worker_deaths()))
+    written = merge_write_results(list(run.written))
+    statuses = written["statuses"]
+    failed = RunManifest(
+        run_id=run.run_id, status="failed", started_at=run.started.isoformat(),
+        ended_at=datetime.now(timezone.utc).isoformat(), error=cause, form=run.form,
+        pipeline_s=round(elapsed, 3), arguments=redacted_arguments(run.config.arguments()),
+        inputs=[{"uri": redact_uri(s.uri), "kind": s.kind} for s in run.specs], output=redact_uri(run.output),
+        counts={"images": sum(statuses.values()), "by_status": statuses, "faces": written["faces"],
+                "skipped": written["skipped"], "not_written": written["ignored"], "files": written["files"]},
+    )  # fmt: skip
     try:
         if run.tables is None:  # this run's own faces files without their images file
             remove_orphans(run.output, run.storage, log=log, run_id=run.run_id)
@@ -290,9 +311,13 @@ def _fail(run: _Run, exc: BaseException) -> None:
     except Exception:  # noqa: BLE001 - the store itself may be what failed
         pass
     again = "again with --skip-existing and a new --run-id" if run.config.run_id else "again with --skip-existing"
-    written = "What was written is consistent" if run.tables is None else "Nothing was committed to the tables"
-    raise JobError(f"run {run.run_id} failed: {cause}. {written}; run the same command {again} to complete it.",
-                   exit_code=1) from exc  # fmt: skip
+    if run.tables is None:
+        kept = (f"{sum(statuses.values())} image(s) in {written['files']} file(s) were written and are kept"
+                if written["files"] else "Nothing was written yet")  # fmt: skip
+    else:
+        kept = "Nothing was committed to the tables"
+    raise JobError(f"run {run.run_id} failed: {cause}. {kept}; run the same command {again} to complete it.",
+                   exit_code=130 if interrupted else 1) from exc  # fmt: skip
 
 
 def _succeeded(run: _Run, totals: dict, elapsed: float, bundle, predictor_kwargs: dict, plan, removed: dict) -> RunManifest:

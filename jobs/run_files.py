@@ -249,8 +249,23 @@ class RunLog:
             except Exception:  # noqa: BLE001 - a lost log never fails a run
                 return False
 
+    def discard(self) -> None:
+        """The run was refused before any work: no log is left in the output (one uploaded meanwhile is
+        removed), and the local file goes."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        target, self.target = self.target, None
+        if target is not None:
+            storage, uri, _ = target
+            try:
+                if storage.exists(uri):
+                    storage.delete(uri)
+            except Exception:  # noqa: BLE001 - a log left behind is harmless
+                pass
+
     def close(self) -> bool:
-        """Upload one last time and remove the local file."""
+        """Upload one last time (unless discarded) and remove the local file."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)

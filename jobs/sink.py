@@ -28,7 +28,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from ray.data.block import Block, BlockAccessor
-from ray.data.datasource.datasink import Datasink, WriteResult
 
 from img2pose_core.face_rows import face_rows
 from img2pose_core.output import IMAGES_SCHEMA, NOT_WRITTEN, PART_PATTERN
@@ -110,9 +109,11 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
-class AnnotationSink(Datasink[dict]):
+class AnnotationSink:
     """Writes ``<faces folder>/part-X.parquet`` then ``<images folder>/part-X.parquet`` per task, and
-    reports the files it wrote (the Iceberg form commits them) and what it counted."""
+    reports the files it wrote (the Iceberg form commits them) and what it counted. The driver groups
+    the rows and runs the tasks (:func:`jobs.writer.write_streaming`): files hold at most
+    ``rows_per_file`` rows, and are written at least every ``--flush-interval``."""
 
     def __init__(
         self,
@@ -127,10 +128,6 @@ class AnnotationSink(Datasink[dict]):
         self.rows_per_file = rows_per_file
         self.kept = kept
         self.totals: dict = _empty_result()
-
-    @property
-    def min_rows_per_write(self) -> int:
-        return self.rows_per_file
 
     def write(self, blocks: Iterable[Block], ctx) -> dict:
         tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
@@ -148,46 +145,41 @@ class AnnotationSink(Datasink[dict]):
                 entry["examples"].append(uri)
         result["skipped"] = result["ignored"].pop("skipped", {}).get("count", 0)
         table = table.filter(pc.invert(counted))
-        if table.num_rows == 0:
-            return result
+        statuses: Counter = Counter()
+        # A file pair per rows_per_file images at most: one block may hold more (a whole model call).
+        for start in range(0, table.num_rows, self.rows_per_file):
+            chunk = table.slice(start, self.rows_per_file)
+            faces_uri, images_uri, chunk_statuses, faces = self._write_pair(chunk)
+            if faces_uri:
+                result["faces_files"].append(faces_uri)
+            result["images_files"].append(images_uri)
+            statuses.update(chunk_statuses)
+            result["faces"] += faces
+            result["files"] += 1
+        result["statuses"] = dict(statuses)
+        return result
+
+    def _write_pair(self, table: pa.Table) -> tuple[str | None, str, dict, int]:
+        """The faces file (where there are faces), then the images file of ``table``'s images."""
         name = part_name(table["image_uri"].to_pylist())
         processed_at = datetime.now(timezone.utc)
         faces = explode_faces(table, self.run_id, self.model_sha256)
         images = images_table(table, self.run_id, self.model_sha256, processed_at, self.kept)
+        faces_uri = None
         if faces.num_rows:
             faces_uri = join_uri(self.folders.faces, name)
             self.storage.write_bytes(faces_uri, _parquet_bytes(faces))
-            result["faces_files"].append(faces_uri)
         # Last: its presence commits the faces file above.
         images_uri = join_uri(self.folders.images, name)
         self.storage.write_bytes(images_uri, _parquet_bytes(images))
-        result["images_files"].append(images_uri)
-        result["statuses"] = dict(Counter(images["status"].to_pylist()))
-        result["faces"] = faces.num_rows
-        result["files"] = 1
-        return result
+        return faces_uri, images_uri, dict(Counter(images["status"].to_pylist())), faces.num_rows
 
-    def on_write_complete(self, write_result: WriteResult[dict]) -> None:
-        totals: dict = _empty_result()
-        statuses: Counter = Counter()
-        for r in write_result.write_returns:
-            if not r:
-                continue
-            statuses.update(r["statuses"])
-            totals["faces"] += r["faces"]
-            totals["files"] += r["files"]
-            totals["skipped"] += r["skipped"]
-            totals["faces_files"] += r.get("faces_files", [])
-            totals["images_files"] += r.get("images_files", [])
-            for reason, entry in r.get("ignored", {}).items():
-                merged = totals["ignored"].setdefault(reason, {"count": 0, "examples": []})
-                merged["count"] += entry["count"]
-                merged["examples"] = sorted(merged["examples"] + entry["examples"])[:EXAMPLES]
-        totals["statuses"] = dict(statuses)
-        self.totals = totals
+    def finish(self, write_returns: list[dict]) -> dict:
+        """The run's totals from its write tasks' results (kept in ``self.totals``)."""
+        from .writer import merge_write_results
 
-    def get_name(self) -> str:
-        return "WriteFacesAndImages"
+        self.totals = merge_write_results(write_returns, EXAMPLES)
+        return self.totals
 
 
 def _empty_result() -> dict:

@@ -23,6 +23,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from img2pose_core.cli.parser import CommandParser
 from img2pose_core.flags import RawDescriptionHelpFormatter, positive_int
 from img2pose_core.storage import StorageConfig
 from img2pose_core.uris import is_url, join_uri
@@ -33,7 +34,7 @@ from .train_checkpoints import STATE_NAME, WEIGHTS_NAME, latest_checkpoint, save
 
 def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     """The script's flags (sizes validated as the other commands' model flags)."""
-    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=RawDescriptionHelpFormatter)
+    p = CommandParser(prog=prog, description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="output of prepare_dataset.py (train/, val/, pose_mean.npy, pose_stddev.npy)")
     p.add_argument("--output", required=True, help="storage for checkpoints (local folder or s3://...)")
     p.add_argument("--name", default="img2pose", help="run name (a folder under --output)")

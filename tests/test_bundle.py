@@ -604,6 +604,19 @@ def test_download_retries_server_errors(http_server, tmp_path, monkeypatch):
     assert not list(tmp_path.glob("*.part")) and not (tmp_path / "g.bin").exists()
 
 
+def test_download_from_an_unreachable_host_fails_at_once(tmp_path):
+    """Offline (nothing listens; a name that does not resolve is treated alike): one attempt and a clear error, not minutes of
+    retries; a server error is still retried (above)."""
+    import socket
+
+    with socket.socket() as s:  # a port with nothing listening: the connection is refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(BundleError, match=r"cannot connect to 127\.0\.0\.1:\d+ \(connection refused\)") as exc:
+        download(f"http://127.0.0.1:{port}/w.pth", tmp_path / "w.pth", progress=False)
+    assert "attempts" not in str(exc.value)
+
+
 def test_download_html_without_form_is_explained(http_server, tmp_path):
     http_server.routes["/quota"] = lambda q, n: (200, {"Content-Type": "text/html"}, b"<html>Quota exceeded</html>")
     with pytest.raises(BundleError, match="HTML page instead of the file") as exc:

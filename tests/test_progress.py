@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_batch_counts_split_statuses():
     got = batch_counts(["ok", "ok", "corrupt", "duplicate", "skipped", "too_small"], faces=7)
-    assert got == {"ok": 2, "failed": 2, "counted": 2, "faces": 7}
+    assert got == {"ok": 2, "failed": 2, "counted": 1, "faces": 7, "skipped": 1}
 
 
 def test_line_shows_images_rate_and_eta():
@@ -34,6 +34,9 @@ def test_line_shows_images_rate_and_eta():
     bar = format_progress(Counts(ok=100), elapsed_s=10, total=200, bar_width=10)
     assert bar.startswith("[#####.....] 100/200")
     assert "not images 4" in format_progress(Counts(ok=1, counted=4), 1.0, None)
+    # Inputs done by an earlier run are said to be so, not counted as "not images".
+    resumed = format_progress(Counts(ok=1, skipped=200), 1.0, None)
+    assert "skipped 200 (done before)" in resumed and "not images" not in resumed
 
 
 def test_log_lines_only_when_counts_change():
@@ -53,15 +56,18 @@ def test_log_lines_only_when_counts_change():
     assert unreadable.stream.getvalue() == ""
 
 
-def test_terminal_redraws_one_line():
+def test_terminal_shows_a_live_bar():
+    counts = {"ok": 2, "failed": 1, "counted": 0, "faces": 3, "skipped": 0}
     out = io.StringIO()
-    display = ProgressDisplay(lambda: {"ok": 2, "failed": 0, "counted": 0, "faces": 3}, total=4, stream=out,
-                              interactive=True)
-    display._started = 0.0
+    display = ProgressDisplay(lambda: dict(counts), total=4, stream=out, interactive=True, interval_s=3600).start()
     display.show()
-    display.show(final=True)
+    counts["ok"] = 3
+    display.stop()
     text = out.getvalue()
-    assert text.count("\r") == 2 and text.endswith("\n") and text.count("\n") == 1 and "[############" in text
+    # tqdm redraws one line in place ("\r"), with the images done of the total, the rate and the counts.
+    assert "\r" in text and text.endswith("\n") and text.count("\n") == 1, text
+    last = text.rstrip("\n").split("\r")[-1]
+    assert "4/4" in last and "images/s" in last and "ok 3, failed 1, faces 3" in last and "100%" in last, last
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +178,62 @@ with ConsoleFilter(1, patterns=(), copy_to=copy), ConsoleFilter(2, copy_to=copy)
     assert proc.stdout == b"stdout untouched\nto stdout\n"
     # The copy holds both streams as forwarded: the dropped line is in neither.
     assert sorted((tmp_path / "copy.log").read_bytes().splitlines()) == [b"to stderr", b"to stdout"]
+
+
+def _run_in_a_terminal(cmd: list[str], env: dict, timeout_s: float = 600) -> tuple[int, str]:
+    """Run ``cmd`` with stdin, stdout and stderr on a real pseudo-terminal (120 columns), as in tmux;
+    returns its exit code and everything it wrote."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+    import threading
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def drain() -> None:  # a full terminal buffer would block the job
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: every writer closed the terminal
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        code = proc.wait(timeout=timeout_s)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        reader.join(timeout=30)
+        os.close(master)
+    return code, b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_the_job_shows_a_live_bar_in_a_terminal(ray_head, bundle_05, small_images, tmp_path):
+    """In a terminal (a real pty, not a flag): a tqdm bar redrawn in place, with images done of the total,
+    images/s and the counts; no log lines of the 30-s form."""
+    env = dict(ray_head.env, IMG2POSE_CACHE=str(tmp_path / "cache"), TERM="xterm")
+    files = sorted(small_images.iterdir())[:24]
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for f in files:
+        (inputs / f.name).write_bytes(f.read_bytes())
+    code, text = _run_in_a_terminal([sys.executable, "-m", "jobs.annotate", "--input", str(inputs), "--output",
+                                     str(tmp_path / "out"), "--bundle", str(bundle_05), "--min-size", "32",
+                                     "--max-size", "64", "--run-id", "tty"], env)  # fmt: skip
+    assert code == 0, text[-4000:]
+    redraws = [part for part in re.split(r"[\r\n]", text) if "images/s" in part and "[annotate]" in part]
+    assert redraws, text[-4000:]
+    assert any("24/24" in part and "100%" in part and "ok 24, failed 0" in part for part in redraws), redraws[-3:]
+    assert "\r" in text  # redrawn in place
+    assert not re.search(r"\[annotate\] \d+/24 images \(\d+%\) \|", text), "the log form was written to a terminal"
+    assert "images   24 (ok 24)" in text  # the summary follows the bar

@@ -12,7 +12,7 @@ import time
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urljoin
+from urllib.parse import urlencode, urljoin, urlsplit
 
 from ..storage import atomic_file, with_retries
 from .files import CHUNK, FILE_MODE
@@ -20,7 +20,7 @@ from .format import BundleError
 
 __all__ = ["DOWNLOAD_BACKOFF_S", "DOWNLOAD_RETRIES", "DOWNLOAD_TIMEOUT", "download"]
 
-DOWNLOAD_TIMEOUT = (30.0, 120.0)  # connect, read (seconds)
+DOWNLOAD_TIMEOUT = (15.0, 120.0)  # connect, read (seconds)
 DOWNLOAD_RETRIES = 4
 DOWNLOAD_BACKOFF_S = 0.5
 
@@ -121,6 +121,11 @@ def download(url: str, dest: str | Path, *, progress: bool = True, expect_binary
                 _stream_to(resp, dest, url, progress)
                 return dest
 
+    def retryable(exc: BaseException) -> bool:
+        # A host that does not resolve, refuses or never answers the connection will not on a retry
+        # seconds later (offline, a firewall): say so at once instead of after minutes of attempts.
+        return isinstance(exc, transient) and not _cannot_connect(exc)
+
     def report(exc: BaseException, _attempt: int, delay: float) -> None:
         if progress:
             print(f"img2pose: {url}: {exc}; retrying in {delay:.1f} s", file=sys.stderr, flush=True)
@@ -131,12 +136,37 @@ def download(url: str, dest: str | Path, *, progress: bool = True, expect_binary
             # Plain doubling without jitter or cap: one client, a handful of attempts.
             return with_retries(lambda: attempt(session), attempts=attempts, base_delay=DOWNLOAD_BACKOFF_S,
                                 max_delay=math.inf, jitter=False, on_retry=report,
-                                retryable=lambda exc: isinstance(exc, transient))  # fmt: skip
+                                retryable=retryable)  # fmt: skip
         except transient as exc:
+            if _cannot_connect(exc):
+                host = urlsplit(target).netloc or target
+                raise BundleError(f"{url}: cannot connect to {host} ({_connect_reason(exc)}): this machine has no "
+                                  "network access to it" + _via(target, url)) from exc  # fmt: skip
             message = f"{url}: download failed after {attempts} attempts ({exc})" + _via(target, url)
             raise BundleError(message) from exc
         except requests.RequestException as exc:  # a malformed URL, too many redirects ...
             raise BundleError(f"{url}: download failed ({exc})" + _via(target, url)) from exc
+
+
+def _cannot_connect(exc: BaseException) -> bool:
+    """Whether ``exc`` failed to open a connection at all (name resolution, refused, connect timeout)."""
+    import requests
+
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    if not isinstance(exc, requests.ConnectionError) or isinstance(exc, requests.exceptions.ReadTimeout):
+        return False
+    return any(k in str(exc) for k in ("NameResolutionError", "NewConnectionError", "Failed to resolve",
+                                       "Connection refused", "Failed to establish a new connection"))  # fmt: skip
+
+
+def _connect_reason(exc: BaseException) -> str:
+    text = str(exc)
+    for key, reason in (("resolve", "the name does not resolve"), ("refused", "connection refused"),
+                        ("timed out", "no answer"), ("ConnectTimeout", "no answer")):  # fmt: skip
+        if key in text or key in type(exc).__name__:
+            return reason
+    return type(exc).__name__
 
 
 class _Retry(Exception):

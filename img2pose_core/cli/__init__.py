@@ -2,7 +2,8 @@
 job's output, ``bundle create|fetch|verify``.
 
 One module per command group (:mod:`.bundle`, :mod:`.predict`, :mod:`.render`, :mod:`.report`), each
-adding its subcommand with ``register``; :func:`main` here is the one entry point. The Ray jobs
+adding its subcommand with ``register``; :func:`main` here is the one entry point. Every parser, the
+jobs' included, is a :class:`~.parser.CommandParser`: an argument error is two lines naming its command. The Ray jobs
 (``annotate``, ``train``, ``evaluate``, ``prepare``) live in ``jobs/``, above this library: the console
 script ``img2pose`` is :func:`jobs.cli.main`, which hands them to :func:`main` as pass-through
 ``commands``, so ``img2pose_core`` never imports ``jobs``. ``python -m img2pose_core.cli`` has the
@@ -16,8 +17,9 @@ import sys
 from collections.abc import Callable, Mapping
 
 from ..flags import HelpFormatter, model_flag_error
+from .parser import CommandParser, chosen_parser
 
-__all__ = ["main", "build_parser", "PassThrough"]
+__all__ = ["main", "build_parser", "CommandParser", "PassThrough"]
 
 # A command whose arguments go untouched to its own parser: (one-line help, run(argv) -> exit code).
 PassThrough = tuple[str, Callable[[list[str]], int]]
@@ -26,7 +28,7 @@ PassThrough = tuple[str, Callable[[list[str]], int]]
 def build_parser(commands: Mapping[str, PassThrough] | None = None) -> argparse.ArgumentParser:
     """The ``img2pose`` parser with the library's commands and the pass-through ``commands`` (imports no
     torch, ray or numpy)."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="img2pose",
         description=(
             "img2pose face detection with 6DoF head pose: predict and render on images, report on a job's "
@@ -71,6 +73,6 @@ def main(argv: list[str] | None = None, commands: Mapping[str, PassThrough] | No
     args = parser.parse_args(argv)
     problem = model_flag_error(args)
     if problem:
-        parser.error(problem)
+        chosen_parser(parser, args).error(problem)  # named by its command: "img2pose predict: error: ..."
     return int(args.run(args) or 0)
 

@@ -98,8 +98,8 @@ def _run_create(args: argparse.Namespace) -> int:
     }
     settings = ModelSettings(**chosen)
     problem = model_flag_error(settings)  # the sizes as stored: given ones with the defaults of the others
-    if problem:
-        print(f"img2pose: error: {problem}", file=sys.stderr)
+    if problem:  # an argument error, in the form of the parser's (img2pose_core.cli.parser)
+        print(f"img2pose bundle create: error: {problem} (see img2pose bundle create --help)", file=sys.stderr)
         return 2
     out = create_bundle(
         args.weights, args.pose_mean, args.pose_stddev, args.points_68, args.points_5, args.out,

@@ -8,6 +8,17 @@ import sys
 __all__ = ["register", "run_report"]
 
 
+def _count(text: str) -> int:
+    """An argparse type: 0 or a positive integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {value}")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``report`` command."""
     p = subparsers.add_parser(
@@ -24,8 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("output", metavar="OUTPUT", help="the job's --output: a folder or an fsspec URL (s3://...)")
     p.add_argument("--out", default="report.html", help="the HTML file to write (default report.html)")
     p.add_argument("--run-id", default=None, help="only this run (default: all runs, the latest state of each image)")
-    p.add_argument("--crops", type=int, default=24, help="aligned crops to show (default 24; 0 for none)")
-    p.add_argument("--renders", type=int, default=6, help="images to draw with their faces (default 6; 0 for none)")
+    p.add_argument("--crops", type=_count, default=24, help="aligned crops to show (default 24; 0 for none)")
+    p.add_argument("--renders", type=_count, default=6, help="images to draw with their faces (default 6; 0 for none)")
     p.add_argument("--seed", default="0", help="changes which crops and images the samples pick (default 0)")
     p.add_argument("--s3-endpoint-url", default=None, help="S3-compatible endpoint for s3:// URLs (default $AWS_ENDPOINT_URL)")
     p.add_argument("--catalog", default=None, metavar="URI", help="the job's --catalog, for Iceberg tables (default: plain Parquet under OUTPUT)")
@@ -35,11 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_report(args: argparse.Namespace) -> int:
     """``img2pose report``: write the HTML page of a job's output; 2 when the output cannot be read."""
-    from ..report import ReportError, build_report
+    from ..report import ReportError, build_report, plural, runs_phrase
 
-    if args.crops < 0 or args.renders < 0:
-        print("img2pose: error: --crops and --renders must not be negative", file=sys.stderr)
-        return 2
     try:
         result = build_report(
             args.output, args.out, run_id=args.run_id, s3_endpoint_url=args.s3_endpoint_url,
@@ -51,8 +59,8 @@ def run_report(args: argparse.Namespace) -> int:
         return 2
     f = result.figures
     print(
-        f"img2pose: report of {f['images']} images, {f['faces']} faces ({f['runs']} run(s)) written to "
-        f"{result.html_path} (plots in {result.files_dir}/)",
+        f"img2pose: report of {plural(f['images'], 'image')} and {plural(f['faces'], 'face')} from "
+        f"{runs_phrase(f['run_ids'])} written to {result.html_path} (plots in {result.files_dir}/)",
         file=sys.stderr,
     )
     for message in result.skipped:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from ..output import storage_options
 from .build import ReportResult, build_report
-from .page import SECTIONS
+from .page import SECTIONS, plural, runs_phrase
 from .queries import OutputTables, ReportError
 from .samples import RenderedSample, render_sample
 from .storage import read_uri_bytes, split_shard_uri
@@ -32,8 +32,10 @@ __all__ = [
     "ReportError",
     "ReportResult",
     "build_report",
+    "plural",
     "read_uri_bytes",
     "render_sample",
+    "runs_phrase",
     "split_shard_uri",
     "storage_options",
 ]

@@ -55,8 +55,9 @@ def _sections(tables: queries.OutputTables, result: ReportResult, opts: _Options
     """The body of every section, in page order (the plots and renders are written as they come)."""
     files = page.PageFiles(result.files_dir, result.files)
     summary = queries.summary(tables)
-    result.figures.update(images=summary.images, ok=summary.ok, faces=summary.faces, runs=summary.runs,
-                          crops=summary.crops)  # fmt: skip
+    # runs: the runs of the output (of the scope); runs_with_rows: those whose rows are the latest state.
+    result.figures.update(images=summary.images, ok=summary.ok, faces=summary.faces, runs=len(summary.output_runs),
+                          run_ids=summary.output_runs, runs_with_rows=summary.runs, crops=summary.crops)  # fmt: skip
     sections = {"summary": page.summary_section(summary, page.scope_html(tables.run_id))}
     result.figures["manifests"] = len(tables.runs)
     sections["runs"] = page.runs_section(queries.runs_overview(tables.runs))

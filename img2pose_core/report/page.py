@@ -30,7 +30,9 @@ __all__ = [
     "face_sizes_section",
     "faces_per_image_section",
     "document",
+    "plural",
     "renders_section",
+    "runs_phrase",
     "runs_section",
     "scope_html",
     "scores_section",
@@ -133,6 +135,18 @@ def scope_html(run_id: str | None) -> str:
     return f"run <code>{_esc(run_id)}</code>" if run_id else "latest state of every image over all runs"
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 run``, ``3 runs``, ``1,200 images``."""
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
+
+
+def runs_phrase(run_ids: list[str]) -> str:
+    """The runs of a report's scope, oldest first, in words: ``3 runs (latest: R)``, ``1 run (R)``."""
+    if not run_ids:
+        return "no run"
+    return plural(len(run_ids), "run") + (f" (latest: {run_ids[-1]})" if len(run_ids) > 1 else f" ({run_ids[0]})")
+
+
 def summary_section(s: Summary, scope: str) -> str:
     """Counts of images, faces, crops and runs, and the models that wrote the rows."""
     rows = [
@@ -143,7 +157,8 @@ def summary_section(s: Summary, scope: str) -> str:
         ["faces", _num(s.faces)],
         ["faces per ok image (mean)", _num(s.faces / s.ok, 2) if s.ok else "–"],
         ["aligned crops", _num(s.crops)],
-        ["runs holding these rows", _num(s.runs)],
+        ["runs", _esc(runs_phrase(s.output_runs))],
+        ["… holding these rows", _num(s.runs)],
         ["rows written", f"{_esc(s.first)} … {_esc(s.last)}" if s.first else "–"],
         ["model (weights sha256)", "<br />".join(f"<code>{_esc(m)}</code>" for m in s.models) or "–"],
     ]
@@ -168,7 +183,7 @@ def runs_section(o: RunsOverview) -> str:
         return '<p class="note">No run manifest (runs/*.json) found for this scope.</p>'
     overall = f"{o.images / o.seconds:.3f}" if o.seconds > 0 else "–"
     return (
-        f"<p>{len(o.rows)} run manifest(s) under <code>runs/</code>; together {_num(o.images)} images in "
+        f"<p>{plural(len(o.rows), 'run manifest')} under <code>runs/</code>; together {_num(o.images)} images in "
         f"{_num(o.seconds, 1)} s of run time ({overall} images/s).</p>"
         + _table(["run", "status", "started", "duration (s)", "images", "faces", "skipped", "images/s",
                   "by status", "bundle", "model"], [_run_cells(r) for r in o.rows])  # fmt: skip
@@ -262,7 +277,7 @@ def renders_section(samples: Iterable[RenderedSample], files: PageFiles, labels:
         buf = io.BytesIO()
         item.image.save(buf, format="PNG", optimize=True)
         files.write(f"render_{i}.png", buf.getvalue())
-        caption = f"{item.uri} — {item.faces} face(s), run {item.run_id}"
+        caption = f"{item.uri} — {plural(item.faces, 'face')}, run {item.run_id}"
         figures.append(_figure(_img("image/png", buf.getvalue(), f"rendered faces of image {i}"), caption))
     if figures:
         body = ("<p>Images with faces, drawn from the stored rows: box, the 5 landmarks, the pose axes (x red, y green, "

@@ -6,7 +6,8 @@ is scanned lazily, column by column, and its faces are never held in memory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -58,13 +59,15 @@ class ReportError(Exception):
 class OutputTables:
     """A run output opened for queries (:func:`img2pose_core.output.open_tables`, either form), with two
     more views: ``sel_images`` (one row per image: its latest state, or its row of ``run_id``) and
-    ``sel_faces`` (the faces of those rows)."""
+    ``sel_faces`` (the faces of those rows). ``run_ids`` are the runs of the scope, oldest first: every
+    run of the output (:func:`_runs_by_start`), or ``run_id`` alone."""
 
     output: str
     run_id: str | None
     con: Any  # duckdb.DuckDBPyConnection
     runs: list[dict]
     s3_endpoint_url: str | None = None
+    run_ids: list[str] = field(default_factory=list)
 
     @classmethod
     def open(
@@ -90,7 +93,8 @@ class OutputTables:
         runs = [asdict(m) for m in manifests if run_id is None or m.run_id == run_id]
         for doc in runs:  # the report's figures read these names
             doc["duration_s"] = doc.get("pipeline_s")
-        return cls(output=output, run_id=run_id, con=con, runs=runs, s3_endpoint_url=s3_endpoint_url)
+        run_ids = [run_id] if run_id is not None else _runs_by_start(con, manifests)
+        return cls(output=output, run_id=run_id, con=con, runs=runs, s3_endpoint_url=s3_endpoint_url, run_ids=run_ids)
 
     def rows(self, sql: str, params: list | None = None) -> list[tuple]:
         """All rows of ``sql``."""
@@ -124,6 +128,30 @@ def _select_rows(con: Any, output: str, run_id: str | None) -> None:
     )
 
 
+def _utc(value: Any) -> datetime | None:
+    """A run's start as an aware datetime: a manifest's ISO ``started_at`` or a row's ``processed_at``."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    if not isinstance(value, datetime):
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _runs_by_start(con: Any, manifests: list) -> list[str]:
+    """Every run of the output, oldest first: those with a manifest under ``runs/`` (one that wrote no row,
+    e.g. everything skipped, has one) and those with rows in the images table (one that stopped before
+    its manifest has rows). A run starts at its manifest's ``started_at``, else at its first row."""
+    rows = con.execute("select run_id, min(processed_at) from images group by run_id").fetchall()
+    starts = {r: _utc(first) for r, first in rows}
+    for m in manifests:
+        starts[m.run_id] = _utc(m.started_at) or starts.get(m.run_id)
+    never = datetime.min.replace(tzinfo=timezone.utc)
+    return sorted(starts, key=lambda r: (starts[r] or never, r))
+
+
 def _iceberg_manifests(catalog: str, namespace: str, s3_endpoint_url: str | None) -> list:
     from ..iceberg import open_catalog, open_tables, runs_rows
     from ..output import RunManifest
@@ -141,7 +169,8 @@ class Summary:
     ok: int
     faces_in_images: int  # the sum of num_faces, to compare with the faces table
     with_faces: int
-    runs: int
+    runs: int  # the runs whose rows these are (the latest state of an image is its last run's row)
+    output_runs: list[str]  # the runs of the scope, oldest first (OutputTables.run_ids)
     first: Any  # earliest processed_at, or None
     last: Any
     faces: int
@@ -160,7 +189,7 @@ def summary(tables: OutputTables) -> Summary:
     )
     models = sorted(set(models or []) | {m for (m,) in tables.rows("select distinct model_sha256 from sel_images")})
     return Summary(images=n_images, ok=n_ok, faces_in_images=n_faces_img, with_faces=n_with, runs=n_runs,
-                   first=first, last=last, faces=n_faces, crops=n_crops, models=models)  # fmt: skip
+                   output_runs=list(tables.run_ids), first=first, last=last, faces=n_faces, crops=n_crops, models=models)  # fmt: skip
 
 
 @dataclass
