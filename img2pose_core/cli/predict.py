@@ -6,10 +6,15 @@ import argparse
 import json
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from ..flags import COMMON, HelpFormatter, add_model_flags, positive_int
 
-__all__ = ["register", "run_predict"]
+if TYPE_CHECKING:  # both import numpy or torch: the parser (img2pose --help) imports neither
+    from ..imageio import ImageDecodeError
+    from ..predictor import Predictor
+
+__all__ = ["register", "run_predict", "check_files", "expand_folders", "summary"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,15 +45,53 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    """``img2pose predict``: one JSON line per image on stdout; 1 if an image failed, 2 on a bad bundle or flag."""
-    from ..bundle import BundleError, resolve_bundle
+    """``img2pose predict``: one JSON line per image on stdout; 1 if an image failed, 2 on a bad bundle or flag.
+
+    Files that are missing or not regular files are reported before the model loads; when no file is
+    left, the command ends there (exit 1) without loading it."""
     from ..imageio import DEFAULT_MAX_PIXELS, ImageDecodeError, read_image_file
+
+    try:
+        images = expand_folders(args.images)
+    except OSError as exc:
+        print(f"img2pose: error: {exc}", file=sys.stderr)
+        return 2
+    problems = check_files(images)
+    predictor = None
+    if len(problems) < len(images):  # a file to run: only now load the model (seconds, a download at first)
+        predictor = _predictor(args)
+        if predictor is None:
+            return 2
+    failed = 0
+    started = time.perf_counter()
+    max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
+    # Decode a batch, predict it, print it: memory stays bounded however many files are given.
+    for start in range(0, len(images), args.batch_size):
+        decoded = []
+        for i in range(start, min(start + args.batch_size, len(images))):
+            name = images[i]
+            try:
+                if i in problems:
+                    raise problems[i]
+                decoded.append((name, read_image_file(name, max_pixels=max_pixels)))
+            except ImageDecodeError as exc:
+                failed += 1
+                _emit({"image": name, "error": {"status": exc.status, "message": exc.message}})
+        results = predictor.predict([img.pixels for _, img in decoded]) if decoded and predictor else []
+        for (name, _), faces in zip(decoded, results):
+            _emit({"image": name, "width": faces.width, "height": faces.height, "faces": faces.to_json()})
+    print(f"img2pose: {summary(len(images), failed, time.perf_counter() - started)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _predictor(args: argparse.Namespace) -> Predictor | None:
+    """The command's :class:`~img2pose_core.predictor.Predictor`, or None after saying why there is none."""
+    from ..bundle import BundleError, resolve_bundle
     from ..predictor import Predictor
 
     try:
-        bundle = resolve_bundle(args.bundle)
-        predictor = Predictor(
-            bundle,
+        return Predictor(
+            resolve_bundle(args.bundle),
             device=args.device,
             precision=args.precision,
             min_size=args.min_size,
@@ -62,34 +105,38 @@ def run_predict(args: argparse.Namespace) -> int:
         )
     except (BundleError, ValueError) as exc:
         print(f"img2pose: error: {exc}", file=sys.stderr)
-        return 2
+        return None
 
-    try:
-        images = expand_folders(args.images)
-    except OSError as exc:
-        print(f"img2pose: error: {exc}", file=sys.stderr)
-        return 2
-    failed = 0
-    started = time.perf_counter()
-    max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
-    # Decode a batch, predict it, print it: memory stays bounded however many files are given.
-    for start in range(0, len(images), args.batch_size):
-        names = images[start : start + args.batch_size]
-        decoded = []
-        for name in names:
-            try:
-                decoded.append((name, read_image_file(name, max_pixels=max_pixels)))
-            except ImageDecodeError as exc:
-                failed += 1
-                _emit({"image": name, "error": {"status": exc.status, "message": exc.message}})
-        results = predictor.predict([img.pixels for _, img in decoded]) if decoded else []
-        for (name, _), faces in zip(decoded, results):
-            _emit({"image": name, "width": faces.width, "height": faces.height, "faces": faces.to_json()})
-    elapsed = time.perf_counter() - started
-    n = len(images)
-    rate = f" ({n / elapsed:.2f} images/s)" if n else ""  # no rate of nothing
-    print(f"img2pose: {n - failed}/{n} images processed, {failed} failed, {elapsed:.1f} s{rate}", file=sys.stderr)
-    return 1 if failed else 0
+
+def check_files(paths: list[str]) -> dict[int, ImageDecodeError]:
+    """By index, why each of ``paths`` cannot be read as an image file, found without reading or
+    loading anything: an :class:`~img2pose_core.imageio.ImageDecodeError` ``unreadable`` (missing, not
+    allowed to look) or ``not_a_file`` (a folder, named pipe, socket or device: reading one would fail
+    or block)."""
+    import os
+    import stat
+
+    from ..imageio import ImageDecodeError
+
+    problems: dict[int, ImageDecodeError] = {}
+    for i, path in enumerate(paths):
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as exc:
+            problems[i] = ImageDecodeError("unreadable", f"cannot read {path}: {exc.strerror or exc}")
+            continue
+        if not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode) else "a socket or device"
+            problems[i] = ImageDecodeError("not_a_file", f"{path}: not a regular file ({kind}); never read")
+    return problems
+
+
+def summary(total: int, failed: int, seconds: float) -> str:
+    """The closing line: images processed of those given, failures, time, and the rate of the images
+    processed (none when none was)."""
+    done = total - failed
+    rate = f" ({done / seconds:.2f} images/s)" if done and seconds > 0 else ""
+    return f"{done}/{total} images processed, {failed} failed, {seconds:.1f} s{rate}"
 
 
 def expand_folders(paths: list[str]) -> list[str]:

@@ -97,21 +97,31 @@ def run_render(args: argparse.Namespace) -> int:
 def _render_images(args: argparse.Namespace, out: Path) -> int:
     from ..bundle import BundleError, resolve_bundle
     from ..imageio import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
-    from ..predictor import Predictor
     from ..render import render_faces
+    from .predict import check_files
 
-    try:
-        bundle = resolve_bundle(args.bundle)
-        predictor = Predictor(
-            bundle, device=args.device, min_size=args.min_size, max_size=args.max_size, threshold=args.threshold,
-            max_faces=args.max_faces, landmarks_68=True, batch_size=1,
-        )  # fmt: skip
-    except (BundleError, ValueError) as exc:
-        print(f"img2pose: error: {exc}", file=sys.stderr)
-        return 2
+    problems = check_files(args.images)  # missing files are told before the model loads, or instead
+    predictor = None
+    if len(problems) < len(args.images):
+        from ..predictor import Predictor
+
+        try:
+            bundle = resolve_bundle(args.bundle)
+            predictor = Predictor(
+                bundle, device=args.device, min_size=args.min_size, max_size=args.max_size, threshold=args.threshold,
+                max_faces=args.max_faces, landmarks_68=True, batch_size=1,
+            )  # fmt: skip
+        except (BundleError, ValueError) as exc:
+            print(f"img2pose: error: {exc}", file=sys.stderr)
+            return 2
     failed = 0
     started = time.perf_counter()
-    for name in args.images:
+    for i, name in enumerate(args.images):
+        if i in problems:
+            failed += 1
+            _emit({"image": name, "error": {"status": problems[i].status, "message": problems[i].message}})
+            continue
+        assert predictor is not None  # loaded: this file passed the check
         try:
             data = Path(name).read_bytes()
             image = decode_image(data, max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)

@@ -1,14 +1,15 @@
 """The faces found in one image (:class:`ImageFaces`) and their rows of the job's ``faces`` table.
 
 One image's faces convert with :meth:`ImageFaces.to_arrow` / :meth:`ImageFaces.to_pandas`, several
-images' with :func:`faces_table`; the rows are built as the job builds them
+images' with :func:`~img2pose_core.predictor.tables.faces_table` and
+:func:`~img2pose_core.predictor.tables.faces_dataframe`; the rows are built as the job builds them
 (:mod:`img2pose_core.face_rows`). pyarrow and pandas are imported only when a conversion runs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     import pandas
     import pyarrow
 
-__all__ = ["ImageFaces", "faces_table"]
+__all__ = ["ImageFaces"]
 
 
 @dataclass
@@ -35,6 +36,10 @@ class ImageFaces:
     job's ``images`` table status: ``too_small``, or ``unreadable``, ``not_an_image``, ``corrupt``,
     ``unsupported``, ``too_large`` for a path that could not be read or decoded); otherwise ``status`` is
     ``ok`` and ``skipped`` None.
+
+    ``input_index`` (the position in the call's inputs) and ``input_name`` (a path or URL as given, or
+    ``<array 3>``, ``<PIL 0>``, ``<tensor 1>`` for pictures) tell which input a result is for, so the
+    results of several in-memory images can be told apart; :meth:`Predictor.predict` sets both.
     """
 
     width: int
@@ -55,6 +60,8 @@ class ImageFaces:
     image_uri: str | None = None
     image_sha256: str | None = None
     model_sha256: str | None = None  # of the bundle's weights; set by Predictor.predict
+    input_index: int | None = None  # position in the Predictor.predict call's inputs
+    input_name: str | None = None  # the path or URL as given (redacted), or e.g. "<array 3>"
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
@@ -109,13 +116,23 @@ class ImageFaces:
         writes no crops). A column left null is declared nullable; with all four known, the schema is
         ``FACES_SCHEMA`` itself. ``image_uri`` is stored with its credentials redacted, as the job does.
         """
-        values = {
+        return _faces_arrow(self, self.image_columns(image_uri, image_sha256, run_id, model_sha256))
+
+    def image_columns(
+        self,
+        image_uri: str | None = None,
+        image_sha256: str | None = None,
+        run_id: str | None = None,
+        model_sha256: str | None = None,
+    ) -> dict[str, str | None]:
+        """The per-image columns of this result's face rows: each argument, else this result's own
+        (``run_id`` null); ``image_uri`` redacted as the job stores it."""
+        return {
             "run_id": run_id,
             "image_uri": redact_uri(image_uri) if image_uri is not None else self.image_uri,
             "image_sha256": image_sha256 if image_sha256 is not None else self.image_sha256,
             "model_sha256": model_sha256 if model_sha256 is not None else self.model_sha256,
         }
-        return _faces_arrow(self, values)
 
     def to_pandas(self, **to_arrow_kwargs: Any) -> "pandas.DataFrame":
         """:meth:`to_arrow` as a pandas DataFrame (``landmarks_5`` and ``align_matrix`` cells are arrays)."""
@@ -132,25 +149,3 @@ def _faces_arrow(faces: ImageFaces, values: dict[str, str | None]) -> "pyarrow.T
 
     return face_rows(face_lists([faces])[1], values)
 
-
-def faces_table(
-    results: Sequence[ImageFaces], image_uris: Sequence[str | None] | None = None, *, run_id: str | None = None
-) -> "pyarrow.Table":
-    """The faces of several results as one table of the job's ``faces`` schema, in input order (see
-    :meth:`ImageFaces.to_arrow`). ``image_uris``, one per result, name the images whose result does not
-    (pixels given); None keeps the result's own. Images without faces, and those that did not run
-    (``status`` not ``ok``), have no rows."""
-    import pyarrow as pa
-
-    from ..output import FACES_SCHEMA
-
-    if image_uris is not None and len(image_uris) != len(results):
-        raise ValueError(f"got {len(image_uris)} image_uris for {len(results)} results")
-    uris = list(image_uris) if image_uris is not None else [None] * len(results)
-    tables = [faces.to_arrow(image_uri=uri, run_id=run_id) for faces, uri in zip(results, uris)]
-    schema = FACES_SCHEMA
-    for i, field in enumerate(FACES_SCHEMA):
-        # One schema for all: a column null in any result is nullable in the whole table.
-        if not field.nullable and any(t.schema.field(i).nullable for t in tables):
-            schema = schema.set(i, field.with_nullable(True))
-    return pa.concat_tables([t.cast(schema) for t in tables]) if tables else schema.empty_table()

@@ -2,12 +2,16 @@
 
 Paths are read and decoded as the annotation job decodes them (:mod:`img2pose_core.imageio`), so a
 file gives the predictor the same pixels it gives the job; every image becomes a ``(3, H, W)`` tensor.
+:func:`as_input_list` says what one call's inputs are (a lone path or picture is one input, never split),
+:func:`input_name` how each is named in results and tables.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
+from collections.abc import Iterable
 from typing import Sequence
 
 import numpy as np
@@ -18,10 +22,55 @@ from torch import Tensor
 from ..imageio import ImageDecodeError, decode_image, read_image_bytes, upright_rgb_array
 from ..uris import normalise_local, redact_uri, scheme_of
 
-__all__ = ["ImageInput", "stored_uri", "read_path", "to_chw", "load_images"]
+__all__ = ["ImageInput", "as_input_list", "input_name", "local_file_error", "stored_uri", "read_path", "to_chw",
+           "load_images"]  # fmt: skip
 
 # Pixels, or where to read them: a local path, a file:// URI or any fsspec URL.
 ImageInput = np.ndarray | Image.Image | Tensor | str | os.PathLike
+
+_BYTES_HINT = (
+    "encoded image bytes are not an input: pass the file's path or URL, or decode them first "
+    "(img2pose_core.imageio.decode_image(data).pixels)"
+)
+
+
+def as_input_list(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
+    """The inputs of one call, in order. A lone image is one input: a path or URL (``str`` or
+    ``os.PathLike``), a PIL image, an array of shape ``(H, W)`` or ``(H, W, 3|4)``, a ``(3, H, W)`` tensor.
+    A stack (an ``(N, H, W, 3)`` array, an ``(N, 3, H, W)`` tensor) is its N images; any other iterable
+    (list, tuple, generator, pandas Series ...) is its items. Bytes raise ``TypeError`` (they are not a
+    path), an array or tensor of another shape ``ValueError``: nothing is split silently."""
+    if isinstance(images, (str, os.PathLike, Image.Image)):
+        return [images]
+    if isinstance(images, (bytes, bytearray, memoryview)):
+        raise TypeError(f"unsupported image type {type(images).__name__}: {_BYTES_HINT}")
+    if isinstance(images, np.ndarray) and images.dtype != object:
+        if images.ndim in (2, 3):
+            return [images]
+        if images.ndim == 4:
+            return list(images)
+        raise ValueError(f"expected an image (H, W, 3) or a stack of images (N, H, W, 3), got an array of shape {images.shape}")
+    if isinstance(images, Tensor):
+        if images.ndim == 3:
+            return [images]
+        if images.ndim == 4:
+            return list(images)
+        raise ValueError(f"expected a tensor (3, H, W) or a stack (N, 3, H, W), got shape {tuple(images.shape)}")
+    if not isinstance(images, Iterable):
+        raise TypeError(
+            f"unsupported image type {type(images).__name__}; pass a path, URL, numpy array, PIL image or tensor, "
+            "or a list of them"
+        )
+    return list(images)
+
+
+def input_name(image: ImageInput, index: int) -> str:
+    """How results and tables name input ``index``: a path or URL as given (credentials redacted), an
+    in-memory picture ``<array 3>``, ``<PIL 0>`` or ``<tensor 1>`` (its kind and input index)."""
+    if isinstance(image, (str, os.PathLike)):
+        return redact_uri(os.fsdecode(image))
+    kind = "array" if isinstance(image, np.ndarray) else "PIL" if isinstance(image, Image.Image) else "tensor" if isinstance(image, Tensor) else "image"
+    return f"<{kind} {index}>"
 
 
 def stored_uri(uri: str) -> str:
@@ -29,10 +78,31 @@ def stored_uri(uri: str) -> str:
     return normalise_local(uri) if scheme_of(uri) in ("", "file") else redact_uri(uri)
 
 
+def local_file_error(path: str, shown: str | None = None) -> ImageDecodeError | None:
+    """Why the local ``path`` cannot be read as an image file, found without reading it: ``unreadable``
+    (missing, no permission to look) or ``not_a_file`` (a folder, named pipe, socket or device, which
+    reading would fail on or block on); None for a regular file (or a link to one). Messages name the
+    file as ``shown`` (default: ``path``)."""
+    shown = path if shown is None else shown
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        return ImageDecodeError("unreadable", f"cannot read {shown}: {exc.strerror or exc}")
+    if stat.S_ISREG(mode):
+        return None
+    kind = "a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    return ImageDecodeError("not_a_file", f"{shown}: not a regular file ({kind}); never read")
+
+
 def read_path(path: str | os.PathLike, max_pixels: int, storage_options: dict | None) -> tuple[np.ndarray, str]:
     """Pixels and SHA-256 of the image at ``path``, read and decoded as the job does; an
     :class:`~img2pose_core.imageio.ImageDecodeError` whose message names the path when it cannot be."""
     text = os.fsdecode(path)
+    scheme = scheme_of(text)
+    if scheme in ("", "file"):
+        problem = local_file_error(normalise_local(text) if scheme else text, redact_uri(text))
+        if problem is not None:
+            raise problem
     data = read_image_bytes(text, storage_options=storage_options)  # its errors name the path already
     try:
         decoded = decode_image(data, max_pixels=max_pixels)
@@ -58,9 +128,8 @@ def to_chw(image: np.ndarray | Image.Image | Tensor) -> Tensor:
         if image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"expected a tensor of shape (3, H, W), got {tuple(image.shape)}")
         return image
-    raise TypeError(
-        f"unsupported image type {type(image).__name__}; pass a numpy array, PIL image, tensor, path or URL"
-    )
+    hint = _BYTES_HINT if isinstance(image, (bytes, bytearray, memoryview)) else "pass a numpy array, PIL image, tensor, path or URL"
+    raise TypeError(f"unsupported image type {type(image).__name__}; {hint}")
 
 
 def load_images(

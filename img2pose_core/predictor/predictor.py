@@ -9,6 +9,7 @@ face's geometry is then derived for the whole batch at once (:mod:`.describe`).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -21,13 +22,19 @@ from .batching import plan_batches, reported_sizes
 from .describe import describe_faces
 from .device import DeviceCopies, Upload, autocast, resolve_device, resolve_precision
 from .faces import ImageFaces
-from .inputs import ImageInput, load_images, stored_uri
+from .inputs import ImageInput, as_input_list, input_name, load_images, stored_uri
 from .loading import ModelChoices, compile_mode, load_model
+from .progress import progress_bar
 
 if TYPE_CHECKING:
+    import pandas
+
     from ..bundle import Bundle
 
 __all__ = ["Predictor"]
+
+# How many batches of images one window of predict reads and decodes before running them.
+WINDOW_BATCHES = 8
 
 
 class Predictor:
@@ -113,35 +120,90 @@ class Predictor:
 
     def predict(
         self,
-        images: Sequence[ImageInput],
+        images: ImageInput | Iterable[ImageInput],
         *,
         batch_size: int | None = None,
         original_sizes: Sequence[tuple[int, int] | None] | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         storage_options: dict | None = None,
+        progress: bool = False,
     ) -> list[ImageFaces]:
-        """Faces of each image, in input order. Images of the same padded network size share a batch.
+        """Faces of each image, in input order: always a list, one :class:`ImageFaces` per input.
 
-        An image is an RGB ``(H, W, 3)`` uint8 array, a ``(3, H, W)`` tensor (uint8, or float in [0, 1]),
-        a PIL image (turned upright by its EXIF orientation, as files are; pass an array to use pixels as
-        they are), or a path: a ``str`` or ``os.PathLike`` local path, a ``file://`` URI or any fsspec URL
-        (``s3://``, ``https://`` ...; ``storage_options`` go to fsspec). Paths are read and decoded as the
-        annotation job decodes them (:func:`~img2pose_core.imageio.decode_image`: EXIF orientation, the
-        first frame of an animation, nothing declaring more than ``max_pixels`` pixels), one after the
-        other and all before the first batch runs; their results carry ``image_uri`` and
-        ``image_sha256``. Lists may mix paths and pixels.
+        ``images`` is a list (or any iterable) of images, or one image alone, which is one input (a list
+        of one result comes back): ``predict("photo.jpg")`` runs one file. An image is an RGB
+        ``(H, W, 3)`` uint8 array, a ``(3, H, W)`` tensor (uint8, or float in [0, 1]), a PIL image (turned
+        upright by its EXIF orientation, as files are; pass an array to use pixels as they are), or a
+        path: a ``str`` or ``os.PathLike`` local path, a ``file://`` URI or any fsspec URL (``s3://``,
+        ``https://`` ...; ``storage_options`` go to fsspec). A stack, an ``(N, H, W, 3)`` array or
+        ``(N, 3, H, W)`` tensor, is its N images. Paths are read and decoded as the annotation job
+        decodes them (:func:`~img2pose_core.imageio.decode_image`: EXIF orientation, the first frame of
+        an animation, nothing declaring more than ``max_pixels`` pixels); their results carry
+        ``image_uri`` and ``image_sha256``. Lists may mix paths and pixels. Every result carries
+        ``input_index`` (its position in ``images``) and ``input_name`` (the path or URL as given, or
+        ``<array 3>``, ``<PIL 0>``, ``<tensor 1>``).
+
+        Images are read and run a window of ``8 * batch_size`` at a time, so memory stays bounded on
+        long lists; images of the same padded network size share a batch. ``progress=True`` shows a
+        bar (images done, images/s, ETA) on stderr; it is off by default.
 
         A path that cannot be read or decoded raises nothing: as for an image too elongated to run
         (``too_small``), its result has no faces, ``status`` is the job's status for it (``unreadable``,
-        ``not_an_image``, ``corrupt``, ``unsupported``, ``too_large``) and ``skipped`` names the path and
-        says why; one bad file never costs the others their faces. Check ``status`` before reading an
-        empty result as "no face". Any other type raises ``TypeError``, a badly shaped array ``ValueError``.
+        ``not_an_image``, ``corrupt``, ``unsupported``, ``too_large``, ``not_a_file`` for a folder or
+        named pipe) and ``skipped`` names the path and says why; one bad file never costs the others
+        their faces. Check ``status`` before reading an empty result as "no face". Bytes and any other
+        type raise ``TypeError``, a badly shaped array ``ValueError``.
 
         ``original_sizes`` (``(width, height)`` per image) says that an image is a reduced copy (e.g.
         decoded at JPEG draft scale) of a picture of that size: coordinates are then reported in the
         picture's pixels.
         """
-        images = list(images)
+        inputs = as_input_list(images)
+        if original_sizes is not None and len(original_sizes) != len(inputs):
+            raise ValueError(f"got {len(original_sizes)} original_sizes for {len(inputs)} images")
+        batch = batch_size or self.batch_size
+        window = WINDOW_BATCHES * batch
+        results: list[ImageFaces] = []
+        with progress_bar(len(inputs), progress) as bar:
+            for start in range(0, len(inputs), window):
+                part = inputs[start : start + window]
+                sizes = original_sizes[start : start + window] if original_sizes is not None else None
+                results += self._predict_window(part, batch, sizes, max_pixels, storage_options, bar.update)
+        for i, (image, result) in enumerate(zip(inputs, results)):
+            result.model_sha256, result.input_index, result.input_name = self.model_sha256, i, input_name(image, i)
+        return results
+
+    def predict_dataframe(
+        self,
+        images: ImageInput | Iterable[ImageInput],
+        *,
+        image_uris: Iterable[str | None] | None = None,
+        batch_size: int | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        storage_options: dict | None = None,
+        progress: bool = False,
+    ) -> "pandas.DataFrame":
+        """:meth:`predict` as one pandas DataFrame (:func:`~img2pose_core.predictor.faces_dataframe`): one
+        row per face, and one row with null face columns for each image without a face (none found, or
+        not read: its ``status`` and ``error`` say why), so no input is dropped. Columns: ``input_index``,
+        ``input_name``, ``status``, ``error``, then the job's ``faces`` columns. ``image_uris`` (one per
+        image, None to keep its own) names in-memory images in ``input_name`` and ``image_uri``."""
+        from .tables import faces_dataframe
+
+        results = self.predict(images, batch_size=batch_size, max_pixels=max_pixels,
+                               storage_options=storage_options, progress=progress)  # fmt: skip
+        return faces_dataframe(results, image_uris)
+
+    def _predict_window(
+        self,
+        images: Sequence[ImageInput],
+        batch_size: int,
+        original_sizes: Sequence[tuple[int, int] | None] | None,
+        max_pixels: int,
+        storage_options: dict | None,
+        done: Callable[[int], object],
+    ) -> list[ImageFaces]:
+        """The faces of each image of one window, in order; ``done(n)`` is told of every n images finished."""
         results: dict[int, ImageFaces] = {}  # by input index: every image gets one below
         tensors, hashes, failed = load_images(images, max_pixels, storage_options)
         for i, exc in failed.items():
@@ -150,9 +212,10 @@ class Predictor:
         loaded = {i: t for i, t in enumerate(tensors) if t is not None}
         report = {i: size for i, size in enumerate(reported_sizes(tensors, original_sizes)) if size is not None}
         lo, hi = self.settings["min_size"], self.settings["max_size"]
-        chunks, too_small = plan_batches(tensors, lo, hi, batch_size or self.batch_size)
+        chunks, too_small = plan_batches(tensors, lo, hi, batch_size)
         for i, (net, reason) in too_small.items():
             results[i] = ImageFaces.empty(report[i][0], report[i][1], net, reason)
+        done(len(failed) + len(too_small))
         if chunks:
             upload = self._copies.upload([loaded[i] for i in chunks[0]])
             for n, chunk in enumerate(chunks):
@@ -163,9 +226,9 @@ class Predictor:
                 faces = self._predict_batch(current, [report[i] for i in chunk])
                 for i, f in zip(chunk, faces):
                     results[i] = f
+                done(len(chunk))
         ordered = [results[i] for i in range(len(images))]
         for i, (image, result) in enumerate(zip(images, ordered)):
-            result.model_sha256 = self.model_sha256
             if isinstance(image, (str, os.PathLike)):
                 result.image_uri, result.image_sha256 = stored_uri(os.fsdecode(image)), hashes.get(i)
         return ordered
