@@ -127,7 +127,9 @@ class ConsoleFilter:
         sys.stderr.flush()
         self._restore()  # the pipe's last writer is closed: the thread drains it and ends
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            # Long enough for a loaded machine to drain the pipe, so that what the job prints next (its
+            # last line, the cause of a failure) comes after everything before it, never in the middle.
+            self._thread.join(timeout=30)
         for fd in (self._read, self._saved):
             if fd is not None:
                 try:

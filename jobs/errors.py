@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["JobError", "root_cause", "failure_cause", "worker_deaths"]
+__all__ = ["JobError", "RunStopped", "stopped_by", "root_cause", "failure_cause", "worker_deaths", "stop_on_signals"]
 
 
 class JobError(RuntimeError):
@@ -13,6 +13,57 @@ class JobError(RuntimeError):
     def __init__(self, message: str, exit_code: int = 2) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class RunStopped(BaseException):
+    """The run was stopped by a signal (SIGTERM from Kubernetes, a scheduler or ``kill``; SIGINT from Ctrl-C).
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 143 for SIGTERM, 130 for SIGINT
+
+
+def stopped_by(exc: BaseException) -> RunStopped | None:
+    """The :class:`RunStopped` (or Ctrl-C's KeyboardInterrupt, as SIGINT) behind ``exc``, if a signal ended
+    the run: Ray may wrap the exception raised in its own call (``ray.get``) before it reaches the job."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, RunStopped):
+            return current
+        if isinstance(current, KeyboardInterrupt):
+            return RunStopped(2)
+        cause = getattr(current, "cause", None)
+        todo += [current.__cause__, current.__context__, cause if isinstance(cause, BaseException) else None]
+    return None
+
+
+def stop_on_signals() -> None:
+    """From now on SIGTERM and SIGINT raise :class:`RunStopped` in the main thread, so that the run ends
+    through its failure path (a failure record, what to run next) instead of dying mid-way. Installed
+    after ``ray.init``, which puts its own SIGTERM handler (``sys.exit``) in place."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, _frame):
+        raise RunStopped(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
 
 
 def _is_marker(exc: BaseException) -> bool:

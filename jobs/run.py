@@ -138,8 +138,10 @@ def _start_console(config: JobConfig, console: contextlib.ExitStack, run_log) ->
     that need no action. After Ray has started, so that no child process inherits the pipes."""
     from .cluster import start_ray
     from .console import NO_ACTION_LINES, ConsoleFilter
+    from .errors import stop_on_signals
 
     start_ray(config.verbose)
+    stop_on_signals()
     console.enter_context(ConsoleFilter(1, patterns=(), copy_to=run_log.fd))
     console.enter_context(ConsoleFilter(2, patterns=() if config.verbose else NO_ACTION_LINES, copy_to=run_log.fd))
 
@@ -284,19 +286,22 @@ def _run(config: JobConfig, console: contextlib.ExitStack, run_log) -> int:
 def _fail(run: _Run, exc: BaseException, elapsed: float) -> None:
     """The run failed part-way (or was interrupted): record it with its arguments and what was written,
     remove this run's own half-written files, and raise a JobError whose message names the cause."""
-    from .errors import failure_cause, worker_deaths
+    from .errors import failure_cause, stopped_by, worker_deaths
     from .sink import remove_orphans
     from .summary import redacted_arguments
     from .writer import merge_write_results
 
-    interrupted = isinstance(exc, KeyboardInterrupt)
-    cause = "interrupted (SIGINT)" if interrupted else run.redact(failure_cause(exc, worker_deaths()))
+    stopped = stopped_by(exc)
+    if stopped is not None:
+        cause = f"stopped by {stopped}"
+    else:
+        cause = run.redact(failure_cause(exc, worker_deaths()))
     written = merge_write_results(list(run.written))
     statuses = written["statuses"]
     failed = RunManifest(
         run_id=run.run_id, status="failed", started_at=run.started.isoformat(),
         ended_at=datetime.now(timezone.utc).isoformat(), error=cause, form=run.form,
-        pipeline_s=round(elapsed, 3), arguments=redacted_arguments(run.config.arguments()),
+        pipeline_s=round(elapsed, 3), wall_s=round(time.perf_counter() - run.wall_start, 3), arguments=redacted_arguments(run.config.arguments()),
         inputs=[{"uri": redact_uri(s.uri), "kind": s.kind} for s in run.specs], output=redact_uri(run.output),
         counts={"images": sum(statuses.values()), "by_status": statuses, "faces": written["faces"],
                 "skipped": written["skipped"], "not_written": written["ignored"], "files": written["files"]},
@@ -317,7 +322,7 @@ def _fail(run: _Run, exc: BaseException, elapsed: float) -> None:
     else:
         kept = "Nothing was committed to the tables"
     raise JobError(f"run {run.run_id} failed: {cause}. {kept}; run the same command {again} to complete it.",
-                   exit_code=130 if interrupted else 1) from exc  # fmt: skip
+                   exit_code=stopped.exit_code if stopped is not None else 1) from exc  # fmt: skip
 
 
 def _succeeded(run: _Run, totals: dict, elapsed: float, bundle, predictor_kwargs: dict, plan, removed: dict) -> RunManifest:

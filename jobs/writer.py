@@ -107,8 +107,8 @@ def write_streaming(
     sink_ref = ray.put(sink)
     bundles: queue.Queue = queue.Queue(maxsize=max_pending)
     stop = threading.Event()
-    puller = threading.Thread(target=_pull, args=(ds.iter_internal_ref_bundles(), bundles, stop),
-                              name="img2pose-writer-pull", daemon=True)  # fmt: skip
+    source, executor = _bundles_and_executor(ds)
+    puller = threading.Thread(target=_pull, args=(source, bundles, stop), name="img2pose-writer-pull", daemon=True)
     results: list[dict] = []
     in_flight: list = []
 
@@ -159,9 +159,51 @@ def write_streaming(
         flush(group)
         while in_flight:
             collect(block=True)
+    except BaseException:
+        _settle(in_flight, results, on_written)
+        if executor is not None:
+            # A failed run stops its pipeline now: left running, Ray Data's threads would reconnect to Ray
+            # after the driver shut it down, and print as the process exits.
+            try:
+                executor.shutdown(force=True)
+            except Exception:  # noqa: BLE001 - the run's own failure is what is raised
+                pass
+        raise
     finally:
         stop.set()
     return results
+
+
+def _bundles_and_executor(ds) -> tuple[Iterator, Any]:
+    """The pipeline's output as block references, and its executor where Ray Data exposes it (to stop a
+    failed run's pipeline); ``iter_internal_ref_bundles`` alone where it does not."""
+    execute = getattr(ds, "_execute_to_iterator", None)
+    if execute is not None:
+        try:
+            bundles, _stats, executor = execute(capture_executor=False)
+            return bundles, executor
+        except TypeError:  # another Ray version's signature
+            pass
+    return ds.iter_internal_ref_bundles(), None
+
+
+def _settle(in_flight: list, results: list[dict], on_written: Callable[[dict], None] | None, timeout_s: float = 10.0) -> None:
+    """After a failure: the writes still running are waited for a little (they are idempotent and may well
+    succeed), so that the failure record counts what they wrote; failed ones are passed over."""
+    import ray
+
+    try:
+        done, _ = ray.wait(in_flight, num_returns=len(in_flight), timeout=timeout_s) if in_flight else ([], [])
+        for ref in done:
+            try:
+                result = ray.get(ref, timeout=5)
+            except Exception:  # noqa: BLE001 - this write failed too; the run's cause is the first failure
+                continue
+            results.append(result)
+            if on_written is not None:
+                on_written(result)
+    except BaseException:  # noqa: BLE001 - never mask the failure being raised
+        pass
 
 
 def merge_write_results(write_returns: list[dict], examples: int = 5) -> dict:

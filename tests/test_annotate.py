@@ -103,7 +103,7 @@ def _check_consistency(faces: pa.Table, images: pa.Table) -> None:
 
 
 @pytest.fixture(scope="module")
-def bucket(s3_server, golden_dir):
+def bucket(s3_server, golden_dir, tmp_path_factory):
     """A bucket with images (good and bad), a tar shard and a manifest."""
     import boto3
 
@@ -113,7 +113,7 @@ def bucket(s3_server, golden_dir):
     for i in range(6):
         name = ("teaser.jpg", "astronaut.jpg")[i % 2]
         keys[f"images/2026/11/img{i:02d}.jpg"] = _picture(golden_dir, name, 200, i)
-    bad_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"bad-{os.getpid()}"
+    bad_dir = tmp_path_factory.mktemp("bad")
     expected_bad = make_bad_images(bad_dir)
     for name in expected_bad:
         keys[f"images/bad/{name}"] = (bad_dir / name).read_bytes()
@@ -328,6 +328,47 @@ def test_killed_run_resumes_exactly_once(ray_head, golden_bundle, golden_dir, tm
                  if s == "ok"}  # fmt: skip
     manifest = json.loads((out / "runs" / "resumed.json").read_text())
     assert manifest["counts"]["skipped"] == len(ok_before) > 0
+
+
+def test_a_run_stopped_by_sigterm_records_why_and_resumes(ray_head, golden_bundle, golden_dir, tmp_path):
+    """SIGTERM (Kubernetes, a scheduler, ``kill``) ends the run through its failure path: exit 143, a last line
+    that says how to resume, a failure record with the arguments and what was written; the resume is exact."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(24):
+        (corpus / f"t{i:03d}.jpg").write_bytes(_picture(golden_dir, ("teaser.jpg", "astronaut.jpg")[i % 2], 128, 900 + i))
+    out = tmp_path / "out"
+    env = dict(ray_head.env, IMG2POSE_CACHE=str(tmp_path / "cache"))
+    base = ["--input", str(corpus), "--output", str(out), "--bundle", str(golden_bundle), *MODEL_ARGS,
+            "--sources-per-task", "2", "--batch-size", "2", "--rows-per-file", "2"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, *JOB, *base, "--run-id", "stopped"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    images_dir = out / "images" / "stopped"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if images_dir.exists() and list(images_dir.glob("*.parquet")):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the job finished before it could be stopped"
+    proc.send_signal(signal.SIGTERM)  # the driver alone, as Kubernetes signals a container's main process
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, (proc.returncode, stderr[-3000:])
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("annotate.py: error: run stopped failed: stopped by SIGTERM.") and "--skip-existing" in last, stderr[-2000:]
+    assert "Traceback" not in stderr
+    record = json.loads((out / "runs" / "stopped.failed.json").read_text())
+    assert record["error"] == "stopped by SIGTERM" and record["arguments"]["rows_per_file"] == 2
+    written = pq.ParquetDataset(images_dir).read()
+    # What it says it wrote is there (a write still finishing as the run stopped may add to it).
+    assert 0 < record["counts"]["images"] <= written.num_rows
+    resumed = _job([*base, "--run-id", "resumed", "--skip-existing"], env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    faces, images = _read_tables(str(out))
+    _check_consistency(faces, images)
+    con = duckdb.connect()
+    con.register("images", images)
+    ok = dict(con.execute("select image_uri, count(*) from images where status = 'ok' group by 1").fetchall())
+    assert set(ok) == {str(p) for p in corpus.iterdir()} and set(ok.values()) == {1}
 
 
 @pytest.mark.parametrize(
