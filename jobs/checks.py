@@ -15,7 +15,35 @@ from img2pose_core.uris import join_uri, redact_text, redact_uri
 from .errors import JobError
 from .inputs import InputSpec, glob_base, is_inside, uri_of
 
-__all__ = ["check_output", "check_new_run_id", "check_bundle_loads", "check_layout", "plain_done_files", "kept_schema"]
+__all__ = ["check_local_places", "check_output", "check_new_run_id", "check_bundle_loads", "check_layout", "plain_done_files", "kept_schema"]
+
+
+def check_local_places() -> None:
+    """This machine's own writable places, before any work: the temp folder (the run's log, downloads) and
+    the cache (bundles fetched or shipped to actors). A place that cannot be written fails now, naming it
+    and how to move it, instead of minutes into the run inside a Ray worker."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from img2pose_core.bundle.cache import default_cache_dir
+
+    places = [
+        ("the temp folder", Path(tempfile.gettempdir()), "set TMPDIR to a writable folder"),
+        ("the cache", default_cache_dir(), "set IMG2POSE_CACHE to a writable folder"),
+    ]
+    for what, folder, fix in places:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            handle, probe = tempfile.mkstemp(prefix=".img2pose-write-probe-", dir=folder)
+            try:
+                os.write(handle, b"probe")
+            finally:
+                os.close(handle)
+                os.unlink(probe)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise JobError(f"{what} {folder} cannot be written ({reason}): {fix}") from exc
 
 
 def check_output(output: str, specs: list[InputSpec], storage: StorageConfig) -> None:

@@ -23,7 +23,9 @@ from img2pose_core.output import RunManifest
 from img2pose_core.storage import StorageConfig
 from img2pose_core.uris import join_uri, normalise_local, redact_text, redact_uri, scheme_of
 
-from .checks import check_bundle_loads, check_layout, check_new_run_id, check_output, kept_schema, plain_done_files
+from .checks import (
+    check_bundle_loads, check_layout, check_local_places, check_new_run_id, check_output, kept_schema, plain_done_files,
+)  # fmt: skip
 from .config import JobConfig, new_run_id
 from .console import log
 from .errors import JobError, root_cause
@@ -45,6 +47,7 @@ def run_job(args: argparse.Namespace) -> int:
     from .run_files import RunLog
 
     config = JobConfig.from_args(args)
+    check_local_places()  # before the run's log takes its temp file
     run_log = RunLog()
     try:
         with contextlib.ExitStack() as console:

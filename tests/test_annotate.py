@@ -408,6 +408,22 @@ def test_bad_arguments_fail_fast_with_a_clear_message(tmp_path, golden_bundle, m
     assert time.monotonic() - started < 60
 
 
+def test_an_unwritable_cache_fails_before_any_work(tmp_path, golden_bundle):
+    """IMG2POSE_CACHE where nothing can be written (below a file: root ignores permission bits) is found
+    before any work, named, with the variable to change; not minutes later inside a Ray worker."""
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "a.png")
+    (tmp_path / "afile").write_text("a file where the cache's folder would be")
+    env = dict(os.environ, IMG2POSE_CACHE=str(tmp_path / "afile" / "cache"), RAY_ADDRESS="127.0.0.1:1")
+    proc = _job(["--input", str(tmp_path / "imgs"), "--output", str(tmp_path / "o"), "--bundle", str(golden_bundle)],
+                env, timeout=120)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert f"the cache {tmp_path / 'afile' / 'cache'} cannot be written (Not a directory)" in last, last
+    assert "IMG2POSE_CACHE" in last and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def test_missing_bundle_says_how_to_provide_one(tmp_path):
     (tmp_path / "imgs").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "a.png")
