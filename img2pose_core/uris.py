@@ -25,7 +25,8 @@ import posixpath
 import re
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["REDACTED", "redact_uri", "redact_text", "normalise_local", "is_url", "is_local_uri", "scheme_of", "join_uri"]
+__all__ = ["REDACTED", "redact_uri", "redact_text", "normalise_local", "is_url", "is_local_uri", "scheme_of", "join_uri",
+           "chain_links", "is_chained_url"]  # fmt: skip
 
 REDACTED = "REDACTED"
 
@@ -46,6 +47,12 @@ _SECRET_PARAMS = frozenset(
     }
 )  # fmt: skip
 
+# An IPv6 literal host, ``scheme://[...]`` (after user info, if any): its ``::`` is no fsspec chain.
+_BRACKETED_HOST = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://(?:[^/?#\[\]]*@)?)\[[^\]/?#]*\]")
+# A chain link: ``::`` followed by a URL (``::s3://b/z.zip``).
+_LINK_TO_URL = re.compile(r"::[A-Za-z][A-Za-z0-9+.\-]*://")
+# A chain that starts with a bare protocol (``simplecache::s3://...``): fsspec's own test for one.
+_PROTOCOL_FIRST = re.compile(r"^[a-z][a-z0-9+.\-]*::")
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>()\[\]{}]+")
 
 
@@ -70,6 +77,42 @@ def is_local_uri(uri: str) -> bool:
         return False
     scheme = scheme_of(uri)
     return len(scheme) <= 1 or scheme == "file"
+
+
+def _split_outside_brackets(uri: str) -> list[str]:
+    """``uri`` split at each ``::`` that is not inside an IPv6 literal's brackets."""
+    parts, start, depth, i = [], 0, 0, 0
+    while i < len(uri):
+        ch = uri[i]
+        depth += ch == "["
+        depth -= ch == "]" and depth > 0
+        if depth == 0 and uri.startswith("::", i):
+            parts.append(uri[start:i])
+            start = i = i + 2
+            continue
+        i += 1
+    return parts + [uri[start:]]
+
+
+def is_chained_url(uri: str) -> bool:
+    """Whether ``uri`` is a chained fsspec URL (``simplecache::s3://b/k``, ``zip://a.jpg::s3://b/z.zip``).
+
+    The ``::`` of an IPv6 literal (``http://[::1]:8080/x.jpg``) is never a link. fsspec splits a URL it
+    reads at every other ``::``, so in an object-store URL any ``::`` is a chain; http(s) URLs and local
+    paths are not read by fsspec here, so in them ``::`` is a chain only when a URL follows it or a bare
+    protocol comes first, which is how a chain is written.
+    """
+    rest = _BRACKETED_HOST.sub(r"\1", uri, count=1)
+    if "::" not in rest:
+        return False
+    if scheme_of(uri) not in ("", "http", "https"):
+        return True
+    return bool(_LINK_TO_URL.search(rest) or _PROTOCOL_FIRST.match(rest))
+
+
+def chain_links(uri: str) -> list[str]:
+    """The links of a chained fsspec URL, outermost first; ``[uri]`` for one that is not chained."""
+    return _split_outside_brackets(uri) if is_chained_url(uri) else [uri]
 
 
 def join_uri(base: str, *parts: str) -> str:
@@ -118,11 +161,9 @@ def _redact_one(uri: str) -> str:
 def redact_uri(uri: str) -> str:
     """``uri`` with its credentials and signatures redacted (see the module docstring); plain paths unchanged.
 
-    Chained fsspec URLs (``a::b``) are redacted part by part.
+    Chained fsspec URLs (``a::b``) are redacted link by link; an IPv6 literal's ``::`` is no link.
     """
-    if "::" in uri:
-        return "::".join(_redact_one(part) for part in uri.split("::"))
-    return _redact_one(uri)
+    return "::".join(_redact_one(link) for link in chain_links(uri))
 
 
 def redact_text(text: str, uris: tuple[str, ...] | list[str] = ()) -> str:

@@ -15,6 +15,7 @@ import sys
 
 from img2pose_core.cli.parser import CommandParser
 from img2pose_core.flags import COMMON, HelpFormatter, add_model_flags, finite_number, model_flag_error, positive_int
+from jobs.config import JobConfig
 
 __all__ = ["build_parser", "parse_args", "main"]
 
@@ -37,6 +38,19 @@ _positive_int = positive_int
 _positive_float = finite_number("seconds")
 _non_negative_float = finite_number("seconds", zero_allowed=True)
 _cpus = finite_number("CPUs")
+
+
+_BYTE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _byte_size(text: str) -> int:
+    """A positive number of bytes: ``1073741824``, ``512M``, ``1G`` (binary multiples; ``KiB``, ``MB`` … too)."""
+    number = text.strip().upper().removesuffix("B").removesuffix("I")
+    suffix = number[-1:] if number[-1:] in _BYTE_SUFFIXES else ""
+    digits = number[: len(number) - len(suffix)].strip()
+    if not digits.isdigit() or int(digits) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of bytes (1073741824, 512M, 1G), got {text!r}")
+    return int(digits) * _BYTE_SUFFIXES[suffix]
 
 
 def _column_names(text: str) -> list[str]:
@@ -96,6 +110,13 @@ def build_parser(prog: str = "annotate.py") -> argparse.ArgumentParser:
         "--read-timeout", type=_positive_float, default=180.0, metavar="SECONDS",
         help="the most time one input (an image or a tar shard) may take to read, retries included; a "
         "slower one gets status unreadable and the others of its batch go on",
+    )  # fmt: skip
+    io_.add_argument(
+        "--max-shard-bytes", type=_byte_size, default=JobConfig.max_shard_bytes, metavar="BYTES",
+        help="the largest .tar shard read, and the most a compressed one keeps of the members it holds (bytes, "
+        "or with a suffix K, M, G: KiB, MiB, GiB). A shard is held whole in one read task's memory, up to "
+        "about twice this at the peak; a larger one gets status too_large, before its body is read where its "
+        "size is known. Default 1G",
     )  # fmt: skip
     io_.add_argument(
         "--output", required=True, metavar="URI",
@@ -215,12 +236,16 @@ def _safe_name(text: str) -> bool:
 
 def main(argv: list[str] | None = None, prog: str = "annotate.py") -> int:
     args = parse_args(argv, prog)
+    from jobs.errors import RunStopped
     from jobs.run import JobError, run_job
 
     try:
         return run_job(args)
     except JobError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except RunStopped as exc:  # a signal before or after the pipeline: nothing of this run to record
+        print(f"{prog}: stopped by {exc} before the run started or after it was recorded", file=sys.stderr)
         return exc.exit_code
 
 

@@ -28,6 +28,7 @@ class JobConfig:
     url_column: str = "url"
     allow_local_files: bool = False
     read_timeout: float = 180.0
+    max_shard_bytes: int = 1 << 30  # a shard is read whole into one task's memory (--max-shard-bytes)
     s3_endpoint_url: str | None = None
     skip_existing: bool = False
     run_id: str | None = None

@@ -4,20 +4,20 @@ shards opened member by member, every input image leaving with a ``status`` (one
 from __future__ import annotations
 
 import hashlib
-import io
-import tarfile
+import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator, cast
 
 import numpy as np
 
 from img2pose_core.imageio import ImageDecodeError, decode_image, probe_jpeg
 from img2pose_core.storage import StorageConfig
-from img2pose_core.uris import redact_text, redact_uri
+from img2pose_core.uris import redact_text, redact_uri, scheme_of
 
 from .done import done_member_names, is_done
-from .inputs import classify_directory
-from .reading import ReadLimits, read_concurrently, read_source
+from .inputs import source_kind
+from .inputs.shards import Shard, open_shard, tar_rows
+from .reading import ReadFailure, ReadLimits, read_concurrently, read_source
 
 __all__ = ["LoadSettings", "load_images", "object_column"]
 
@@ -43,6 +43,8 @@ class LoadSettings:
     device_decode: bool = False  # JPEGs travel as bytes and are decoded by the model stage (--gpu-decode)
     output_root: str | None = None  # local files resolving into the output are not read
     parallel_reads: int = 8
+    # A tar shard is read whole into memory, and a compressed one's members to read kept there (--max-shard-bytes).
+    max_shard_bytes: int = 1 << 30
 
     @property
     def max_file_bytes(self) -> int:
@@ -97,73 +99,36 @@ def _decode_rows(rows: list[dict], settings: LoadSettings) -> dict[str, np.ndarr
     }
 
 
-def _member_limit(data: bytes, settings: LoadSettings) -> int:
-    """Most bytes a tar member may declare before it is read.
-
-    ``mode="r:*"`` also opens gzip/bz2/xz streams, where a shard of 2 MB can declare a member of
-    gigabytes (a decompression bomb) that ``extractfile().read()`` would allocate whole. A member of
-    an uncompressed shard is never larger than the shard, which is already in memory; beyond that,
-    what an image file of --max-pixels may need (:attr:`LoadSettings.max_file_bytes`).
-    """
-    return max(len(data), settings.max_file_bytes)
-
-
-def _tar_member_kind(member: tarfile.TarInfo) -> str:
-    if member.issym():
-        return f"a symbolic link to {member.linkname!r} inside the shard: not followed"
-    if member.islnk():
-        return f"a hard link to {member.linkname!r} inside the shard: not followed"
-    if member.ischr() or member.isblk():
-        return "a device entry inside the shard: not read"
-    if member.isfifo():
-        return "a named pipe (FIFO) entry inside the shard: not read"
-    return "not a regular file inside the shard: not read"
-
-
-def _tar_members(shown: str, data: bytes, limit: int) -> Iterator[dict]:
-    """Rows for every entry of a shard (folders aside): images to decode, and rows for the rest.
-
-    A name that occurs twice is taken once, from its last entry (what extracting the shard leaves);
-    the earlier entries are ``duplicate``. Sidecars (``x.json`` beside ``x.jpg``) and markers are
-    counted, links, devices and pipes get a ``not_a_file`` row, and every other entry is offered to
-    the decoder, whatever its extension.
-    """
-    members: list[tarfile.TarInfo] = []
-    damage = None
+def _object_size(uri: str, storage: StorageConfig) -> int | None:
+    """The size an object store declares for ``uri``; None for local files and the web (their reads check
+    the size themselves) and where the store does not say (the read then reports any failure)."""
+    if scheme_of(uri) in ("", "file", "http", "https"):
+        return None
     try:
-        tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:*")
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        yield _row(shown, "corrupt", f"tar shard is damaged: {type(exc).__name__}: {exc}")
-        return
-    with tar:
-        try:
-            for member in tar:
-                members.append(member)
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            # A damaged shard: the entries before the damage are read; the shard itself gets a row.
-            damage = f"tar shard is damaged: {type(exc).__name__}: {exc}"
-        entries = [m for m in members if not m.isdir()]
-        last = {m.name: i for i, m in enumerate(entries)}
-        listing = classify_directory([(m.name, "file") for m in entries if m.isfile()])
-        ignored = {r["source_uri"]: r["status"] for r in listing if r["kind"] == "row"}
-        for i, member in enumerate(entries):
-            uri = f"{shown}#{member.name}"
-            if last[member.name] != i:
-                yield _row(uri, "duplicate")
-            elif not member.isfile():
-                yield _row(uri, "not_a_file", _tar_member_kind(member))
-            elif member.name in ignored:
-                yield _row(uri, ignored[member.name])
-            elif member.size > limit:
-                yield _row(uri, "too_large", f"tar member declares {member.size} bytes, above the limit of {limit}")
-            else:
-                try:
-                    f = tar.extractfile(member)
-                    yield _row(uri, "pending", data=f.read() if f else b"")
-                except (tarfile.TarError, EOFError, OSError) as exc:
-                    yield _row(uri, "corrupt", f"tar member cannot be read: {type(exc).__name__}: {exc}")
-    if damage:
-        yield _row(shown, "corrupt", damage)
+        fs, path = storage.fs(uri)
+        size = fs.size(path)
+    except Exception:  # noqa: BLE001 - the read that follows fails the same way and says why
+        return None
+    return int(size) if size is not None else None
+
+
+def _read_shard(uri: str, settings: LoadSettings, deadline: float) -> Shard:
+    """A shard's entries: at most ``--max-shard-bytes`` read (refused before the body where the size is
+    declared: a file's, an object's or a server's), its codec told by its first bytes, listed by
+    ``deadline`` (:func:`jobs.inputs.shards.open_shard`). Raises :class:`ReadFailure`."""
+    cap = settings.max_shard_bytes
+    try:
+        size = _object_size(uri, settings.storage)
+        if size is not None and size > cap:
+            raise ReadFailure("too_large", f"the object is {size} bytes, above the limit of {cap}")
+        data = read_source(uri, settings.storage, ReadLimits(settings.read_timeout_s, cap, settings.output_root), deadline)
+        if len(data) > cap:
+            raise ReadFailure("too_large", f"the shard is {len(data)} bytes, above the limit of {cap}")
+        return open_shard(data, cap, settings.max_file_bytes, deadline)
+    except ReadFailure as failure:
+        if failure.status == "too_large" and "--max-shard-bytes" not in failure.message:
+            raise ReadFailure("too_large", f"{failure.message} (--max-shard-bytes)") from None
+        raise
 
 
 def load_images(batch: dict[str, np.ndarray], settings: LoadSettings) -> Iterator[dict]:
@@ -202,26 +167,30 @@ def load_images(batch: dict[str, np.ndarray], settings: LoadSettings) -> Iterato
     yield from flush()
 
     limits = ReadLimits(settings.read_timeout_s, settings.max_file_bytes, settings.output_root)
-    shard_limits = ReadLimits(settings.read_timeout_s, None, settings.output_root)
     kinds = {index: kind for index, _, kind in to_read}
 
-    def read(uri: str) -> bytes:
-        return read_source(uri, settings.storage, shard_limits if uri.lower().endswith(".tar") else limits)
+    def read(uri: str) -> bytes | Shard:
+        # A shard is read, and its entries listed, in the read's thread and within its --read-timeout.
+        if source_kind(uri) != "tar":
+            return read_source(uri, settings.storage, limits)
+        return _read_shard(uri, settings, time.monotonic() + settings.read_timeout_s)
 
-    for index, data, failure in read_concurrently(to_read, read, settings.read_timeout_s, settings.parallel_reads):
+    # read_concurrently passes on whatever a read returns: bytes for a file, a Shard for a tar.
+    reads = read_concurrently(to_read, cast(Callable[[str], bytes], read), settings.read_timeout_s, settings.parallel_reads)
+    for index, data, failure in reads:
         if failure is not None:
             pending.append(_row(shown[index], failure.status, failure.message, kept=kept[index]))
         elif kinds[index] == "tar":
-            assert data is not None, "read_concurrently yields the bytes of every read without a failure"
+            shard = cast(Shard, data)
             skip = done_member_names(done[index])
-            for row in _tar_members(shown[index], data, _member_limit(data, settings)):
+            for row in tar_rows(shown[index], shard, settings.max_file_bytes):
                 member = row["image_uri"][len(shown[index]) + 1 :]
                 if row["status"] == "pending" and member in skip:
                     row = _row(row["image_uri"], "skipped")
                 row["kept"] = kept[index]
                 pending.append(row)
                 yield from flush()
-            del data
+            del data, shard
         else:
             pending.append(_row(shown[index], "pending", data=data, kept=kept[index]))
         yield from flush()

@@ -226,12 +226,14 @@ def _run(config: JobConfig, console: contextlib.ExitStack, run_log) -> int:
 
     # A local bundle may not exist on other nodes: its reference then names a holder of its files, one
     # actor of this run that keeps them while the driver lives (restarted model actors fetch them again)
-    # and that model actors look up by name.
+    # and that model actors look up by name. It lives on the driver's node, so that losing any other node
+    # (a spot reclaim) never takes it away from the actors that replace the lost ones.
     bundle_for_actors = bundle_ref(bundle, holder=f"img2pose-bundle-{run.run_id}")
     if bundle_for_actors.holder is not None:
         # Kept in a variable for the whole run: an actor without a live handle is destroyed.
-        bundle_holder = ray.remote(BundleFiles).options(name=bundle_for_actors.holder, num_cpus=0).remote(  # noqa: F841
-            bundle_files(bundle))
+        bundle_holder = ray.remote(BundleFiles).options(  # noqa: F841
+            name=bundle_for_actors.holder, num_cpus=0, max_restarts=3, scheduling_strategy=_on_the_drivers_node(),
+        ).remote(bundle_files(bundle))  # fmt: skip
 
     form = f"Iceberg {run.tables.namespace}" if run.tables is not None else "Parquet"
     log(f"run {run.run_id}: {len(run.specs)} input(s) -> {redact_uri(run.output)} ({form}); model "
@@ -245,6 +247,7 @@ def _run(config: JobConfig, console: contextlib.ExitStack, run_log) -> int:
         storage=run.storage, max_pixels=config.max_pixels, keep_bytes=bool(config.crops),
         reduce_for=(effective["min_size"], effective["max_size"]) if config.fast_decode else None,
         read_timeout_s=config.read_timeout, output_root=run.output, device_decode=config.gpu_decode,
+        max_shard_bytes=config.max_shard_bytes,
     )  # fmt: skip
     policy = ManifestPolicy(allow_local_files=config.allow_local_files)
     try:
@@ -259,7 +262,8 @@ def _run(config: JobConfig, console: contextlib.ExitStack, run_log) -> int:
         sources = attach_done(sources, [run.storage.fs(f)[1] for f in done_files], done_fs, plan.partitions)
 
     progress_name = f"{PROGRESS_ACTOR_PREFIX}{run.run_id}"
-    counter = ray.remote(ProgressCounter).options(name=progress_name, num_cpus=0).remote()
+    counter = ray.remote(ProgressCounter).options(name=progress_name, num_cpus=0,
+                                                  scheduling_strategy=_on_the_drivers_node()).remote()  # fmt: skip
     model_kwargs = {
         "progress": progress_name, "bundle": bundle_for_actors, "predictor_kwargs": predictor_kwargs,
         "torch_threads": plan.actors.torch_threads, "storage_options": run.storage.options_for(str(bundle.uri)),
@@ -284,6 +288,15 @@ def _run(config: JobConfig, console: contextlib.ExitStack, run_log) -> int:
     manifest = _succeeded(run, sink.totals, elapsed, bundle, predictor_kwargs, plan,
                           {"orphans_removed": removed, "dead_runs_removed": dead_runs})  # fmt: skip
     return _finish(run, manifest, sink.totals)
+
+
+def _on_the_drivers_node():
+    """Ray's scheduling strategy for the run's own helper actors: the driver's node, which the run cannot
+    outlive anyway (any other node may be lost mid-run)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
 
 
 def _fail(run: _Run, exc: BaseException, elapsed: float) -> None:

@@ -326,9 +326,10 @@ def test_tar_members_each_get_a_row_or_a_count():
         add(tar, "dev.jpg", type=tarfile.CHRTYPE)
         add(tar, "folder", type=tarfile.DIRTYPE)
     shard = "/data/s.tar"
-    from jobs.loading import _tar_members
+    from jobs.inputs.shards import open_shard, tar_rows
 
-    rows = [(r["image_uri"].split("#", 1)[1], r["status"], r["data"]) for r in _tar_members(shard, buf.getvalue(), 1 << 20)]
+    opened = open_shard(buf.getvalue(), 1 << 20, 1 << 20, time.monotonic() + 60)
+    rows = [(r["image_uri"].split("#", 1)[1], r["status"], r["data"]) for r in tar_rows(shard, opened, 1 << 20)]
     statuses = {}
     for name, status, data in rows:
         statuses.setdefault(name, []).append(status)

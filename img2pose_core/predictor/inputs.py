@@ -1,7 +1,9 @@
 """The predictor's inputs: images given as pixels (arrays, tensors, PIL images) or as paths and URLs.
 
-Paths are read and decoded as the annotation job decodes them (:mod:`img2pose_core.imageio`), so a
-file gives the predictor the same pixels it gives the job; every image becomes a ``(3, H, W)`` tensor.
+Paths and URLs are read by the annotation job's bounded reader (:mod:`img2pose_core.storage.reads`:
+regular files only, a byte cap, connect and idle timeouts, a time budget per input, no cloud metadata
+address) and decoded as the job decodes them (:mod:`img2pose_core.imageio`), so a file gives the
+predictor the same pixels and the same status it gives the job; every image becomes a ``(3, H, W)`` tensor.
 :func:`as_input_list` says what one call's inputs are (a lone path or picture is one input, never split),
 :func:`input_name` how each is named in results and tables.
 """
@@ -19,11 +21,13 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..imageio import ImageDecodeError, decode_image, read_image_bytes, upright_rgb_array
+from ..imageio import ImageDecodeError, decode_image, upright_rgb_array
+from ..storage.filesystems import StorageConfig
+from ..storage.reads import ReadFailure, ReadLimits, read_concurrently, read_source
 from ..uris import normalise_local, redact_uri, scheme_of
 
 __all__ = ["ImageInput", "as_input_list", "input_name", "local_file_error", "stored_uri", "read_path", "to_chw",
-           "load_images"]  # fmt: skip
+           "load_images", "file_byte_cap"]  # fmt: skip
 
 # Pixels, or where to read them: a local path, a file:// URI or any fsspec URL.
 ImageInput = np.ndarray | Image.Image | Tensor | str | os.PathLike
@@ -94,16 +98,43 @@ def local_file_error(path: str, shown: str | None = None) -> ImageDecodeError | 
     return ImageDecodeError("not_a_file", f"{shown}: not a regular file ({kind}); never read")
 
 
-def read_path(path: str | os.PathLike, max_pixels: int, storage_options: dict | None) -> tuple[np.ndarray, str]:
-    """Pixels and SHA-256 of the image at ``path``, read and decoded as the job does; an
-    :class:`~img2pose_core.imageio.ImageDecodeError` whose message names the path when it cannot be."""
-    text = os.fsdecode(path)
+def file_byte_cap(max_pixels: int) -> int:
+    """The job's cap on an image file: 8 bytes a pixel of ``max_pixels`` (16-bit RGBA, uncompressed), at
+    least 64 MiB."""
+    return max(64 << 20, 8 * max_pixels)
+
+
+def _read_bytes(text: str, limits: ReadLimits, storage_options: dict | None) -> bytes:
+    """The bytes at ``text`` through the job's reader; a ReadFailure whose message names it (redacted)."""
+    shown = redact_uri(text)
     scheme = scheme_of(text)
     if scheme in ("", "file"):
-        problem = local_file_error(normalise_local(text) if scheme else text, redact_uri(text))
+        # A look before the reader's own check only for the words: the reader opens the file
+        # without blocking and checks what it opened, so a file swapped for a pipe meanwhile is still refused.
+        problem = local_file_error(normalise_local(text) if scheme else text, shown)
         if problem is not None:
-            raise problem
-    data = read_image_bytes(text, storage_options=storage_options)  # its errors name the path already
+            raise ReadFailure(problem.status, problem.message)
+    try:
+        return read_source(text, StorageConfig.from_args(None), limits, storage_options=storage_options)
+    except ReadFailure as failure:
+        raise ReadFailure(failure.status, f"cannot read {shown}: {failure.message}") from None
+
+
+def read_path(
+    path: str | os.PathLike, max_pixels: int, storage_options: dict | None, limits: ReadLimits | None = None
+) -> tuple[np.ndarray, str]:
+    """Pixels and SHA-256 of the image at ``path``, read and decoded as the job does (``limits``: the
+    reader's, default the job's: :func:`file_byte_cap` and 180 s); an
+    :class:`~img2pose_core.imageio.ImageDecodeError` whose message names the path when it cannot be."""
+    text = os.fsdecode(path)
+    try:
+        data = _read_bytes(text, limits or ReadLimits(max_bytes=file_byte_cap(max_pixels)), storage_options)
+    except ReadFailure as failure:
+        raise ImageDecodeError(failure.status, failure.message) from None
+    return _decode(text, data, max_pixels)
+
+
+def _decode(text: str, data: bytes, max_pixels: int) -> tuple[np.ndarray, str]:
     try:
         decoded = decode_image(data, max_pixels=max_pixels)
     except ImageDecodeError as exc:
@@ -133,22 +164,44 @@ def to_chw(image: np.ndarray | Image.Image | Tensor) -> Tensor:
 
 
 def load_images(
-    images: Sequence[ImageInput], max_pixels: int, storage_options: dict | None
+    images: Sequence[ImageInput], max_pixels: int, storage_options: dict | None, limits: ReadLimits | None = None,
+    parallel: int = 8,
 ) -> tuple[list[Tensor | None], dict[int, str], dict[int, ImageDecodeError]]:
     """Every image as a ``(3, H, W)`` tensor (None where a path could not be read or decoded), the
-    SHA-256 of each path's bytes, and why each failed path failed; by input index. Paths are read one
-    after the other; a badly typed or shaped image raises."""
+    SHA-256 of each path's bytes, and why each failed path failed; by input index. Paths are read
+    ``parallel`` at a time by the job's reader under ``limits`` (default: :func:`file_byte_cap` of
+    ``max_pixels``, 180 s an input), a read past its time given up as the job gives it up, and decoded
+    as they arrive; a badly typed or shaped image raises."""
+    limits = limits or ReadLimits(max_bytes=file_byte_cap(max_pixels))
     tensors: list[Tensor | None] = [None] * len(images)
     hashes: dict[int, str] = {}
     failed: dict[int, ImageDecodeError] = {}
+    paths: dict[int, str] = {}
     for i, image in enumerate(images):
         if isinstance(image, (str, os.PathLike)):
-            try:
-                pixels, hashes[i] = read_path(image, max_pixels, storage_options)
-            except ImageDecodeError as exc:
-                failed[i] = exc
-                continue
-            tensors[i] = to_chw(pixels)
+            paths[i] = os.fsdecode(image)
         else:
             tensors[i] = to_chw(image)
+
+    named: set[int] = set()  # inputs whose failure message names them already (all but those given up)
+
+    def read(index: str) -> bytes:
+        try:
+            return _read_bytes(paths[int(index)], limits, storage_options)
+        except ReadFailure:
+            named.add(int(index))
+            raise
+
+    items = [(i, str(i), "file") for i in paths]
+    for i, data, failure in read_concurrently(items, read, limits.timeout_s, parallel, timeout_name="read_timeout"):
+        try:
+            if failure is not None:
+                shown = "" if i in named else f"cannot read {redact_uri(paths[i])}: "
+                raise ImageDecodeError(failure.status, shown + failure.message)
+            assert data is not None, "read_concurrently yields the bytes of every read without a failure"
+            pixels, hashes[i] = _decode(paths[i], data, max_pixels)
+        except ImageDecodeError as exc:
+            failed[i] = exc
+            continue
+        tensors[i] = to_chw(pixels)
     return tensors, hashes, failed

@@ -22,7 +22,9 @@ from .batching import plan_batches, reported_sizes
 from .describe import describe_faces
 from .device import DeviceCopies, Upload, autocast, resolve_device, resolve_precision
 from .faces import ImageFaces
-from .inputs import ImageInput, as_input_list, input_name, load_images, stored_uri
+from ..storage.netpolicy import AddressPolicy
+from ..storage.reads import ReadLimits
+from .inputs import ImageInput, as_input_list, file_byte_cap, input_name, load_images, stored_uri
 from .loading import ModelChoices, compile_mode, load_model
 from .progress import progress_bar
 
@@ -44,6 +46,12 @@ class Predictor:
     float64. ``threshold`` keeps faces scoring above it (it also skips the pose branch below it).
     Predictors with the same bundle, device and settings share one model per process; ``shared=False``
     gives this one its own, whose network input size :meth:`resize` may then change.
+
+    Paths and URLs are read as the annotation job reads them: ``max_bytes`` caps a file or body (None:
+    the job's cap, 8 bytes a pixel of ``max_pixels``, at least 64 MiB; 800 MB at the default),
+    ``read_timeout`` (seconds, 180 like ``--read-timeout``) bounds the whole read of one input, retries
+    included, and ``address_policy`` says which network addresses may be fetched (default: never a
+    cloud metadata service; private ranges too when ``$IMG2POSE_BLOCK_PRIVATE_ADDRESSES`` is 1).
     """
 
     def __init__(
@@ -65,6 +73,9 @@ class Predictor:
         channels_last: bool | None = None,
         compile: bool | str = False,
         shared: bool = True,
+        max_bytes: int | None = None,
+        read_timeout: float = 180.0,
+        address_policy: AddressPolicy | None = None,
     ) -> None:
         from ..bundle import Bundle, open_bundle
 
@@ -94,6 +105,10 @@ class Predictor:
         if not 0.0 <= self.threshold < 1.0:
             raise ValueError(f"threshold must be in [0, 1), not {self.threshold}")
         self.shared = bool(shared)
+        if (max_bytes is not None and max_bytes < 1) or not read_timeout > 0:
+            raise ValueError(f"need max_bytes >= 1 (or None) and read_timeout > 0, got {max_bytes}/{read_timeout}")
+        self.max_bytes, self.read_timeout = max_bytes, float(read_timeout)
+        self.address_policy = address_policy or AddressPolicy.from_env()
         self.model = self._load_model()
         self._copies = DeviceCopies(self.device)
         self._points_5 = torch.as_tensor(self.bundle.points_5, dtype=torch.float64, device=self.device)
@@ -134,11 +149,13 @@ class Predictor:
         of one result comes back): ``predict("photo.jpg")`` runs one file. An image is an RGB
         ``(H, W, 3)`` uint8 array, a ``(3, H, W)`` tensor (uint8, or float in [0, 1]), a PIL image (turned
         upright by its EXIF orientation, as files are; pass an array to use pixels as they are), or a
-        path: a ``str`` or ``os.PathLike`` local path, a ``file://`` URI or any fsspec URL (``s3://``,
-        ``https://`` ...; ``storage_options`` go to fsspec). A stack, an ``(N, H, W, 3)`` array or
-        ``(N, 3, H, W)`` tensor, is its N images. Paths are read and decoded as the annotation job
-        decodes them (:func:`~img2pose_core.imageio.decode_image`: EXIF orientation, the first frame of
-        an animation, nothing declaring more than ``max_pixels`` pixels); their results carry
+        path: a ``str`` or ``os.PathLike`` local path, a ``file://`` URI, an ``http(s)://`` URL or any
+        fsspec URL (``s3://`` ...; ``storage_options`` go to fsspec, and their ``headers`` to http). A
+        stack, an ``(N, H, W, 3)`` array or ``(N, 3, H, W)`` tensor, is its N images. Paths are read by
+        the annotation job's bounded reader (regular files only, the predictor's ``max_bytes`` and
+        ``read_timeout``, no cloud metadata address; several at a time) and decoded as the job decodes
+        them (:func:`~img2pose_core.imageio.decode_image`: EXIF orientation, the first frame of an
+        animation, nothing declaring more than ``max_pixels`` pixels); their results carry
         ``image_uri`` and ``image_sha256``. Lists may mix paths and pixels. Every result carries
         ``input_index`` (its position in ``images``) and ``input_name`` (the path or URL as given, or
         ``<array 3>``, ``<PIL 0>``, ``<tensor 1>``).
@@ -149,10 +166,11 @@ class Predictor:
 
         A path that cannot be read or decoded raises nothing: as for an image too elongated to run
         (``too_small``), its result has no faces, ``status`` is the job's status for it (``unreadable``,
-        ``not_an_image``, ``corrupt``, ``unsupported``, ``too_large``, ``not_a_file`` for a folder or
-        named pipe) and ``skipped`` names the path and says why; one bad file never costs the others
-        their faces. Check ``status`` before reading an empty result as "no face". Bytes and any other
-        type raise ``TypeError``, a badly shaped array ``ValueError``.
+        ``not_an_image``, ``corrupt``, ``unsupported``, ``too_large``, ``not_a_file`` for a folder, named
+        pipe, socket or device, ``not_allowed`` for a metadata address) and ``skipped`` names the path
+        and says why; one bad file never costs the others their faces. Check ``status`` before reading
+        an empty result as "no face". Bytes and any other type raise ``TypeError``, a badly shaped array
+        ``ValueError``.
 
         ``original_sizes`` (``(width, height)`` per image) says that an image is a reduced copy (e.g.
         decoded at JPEG draft scale) of a picture of that size: coordinates are then reported in the
@@ -205,7 +223,9 @@ class Predictor:
     ) -> list[ImageFaces]:
         """The faces of each image of one window, in order; ``done(n)`` is told of every n images finished."""
         results: dict[int, ImageFaces] = {}  # by input index: every image gets one below
-        tensors, hashes, failed = load_images(images, max_pixels, storage_options)
+        limits = ReadLimits(timeout_s=self.read_timeout, addresses=self.address_policy,
+                            max_bytes=self.max_bytes if self.max_bytes is not None else file_byte_cap(max_pixels))  # fmt: skip
+        tensors, hashes, failed = load_images(images, max_pixels, storage_options, limits)
         for i, exc in failed.items():
             results[i] = ImageFaces.empty(0, 0, (0, 0), exc.message, status=exc.status)
         # The images that loaded: only they are planned into batches or found too small.

@@ -12,7 +12,10 @@ So every file under an input and every manifest row is accounted for. Which file
 from names and listings alone (:func:`classify_directory`), without reading anything. Folders are
 listed in parallel Ray tasks, one per sub-prefix, so the driver never holds the listing of a huge
 prefix; manifests are read by Ray Data itself. Validation (does it exist, is there anything in it,
-do inputs overlap) happens before any work starts.
+do inputs overlap; a manifest read whole as the job will read it: :mod:`.manifest_files`) happens
+before any work starts. A tar shard's entries are listed once it is read (:mod:`.shards`), and a
+container that yields nothing (an empty shard, bytes that are no tar, a folder emptied since the
+check) gets a row of its own.
 """
 
 from __future__ import annotations

@@ -3,14 +3,12 @@ lies inside another."""
 
 from __future__ import annotations
 
-import csv
-import io
-
 import fsspec
 
 from img2pose_core.uris import redact_text, redact_uri
 
 from img2pose_core.storage import StorageConfig, with_retries
+from .manifest_files import check_manifest
 from .specs import InputError, InputSpec, classify_input, glob_base, is_inside
 
 
@@ -96,18 +94,7 @@ def _check_input(spec: InputSpec, fs, path: str, url_column: str, attempts: int,
     if not retry(lambda: fs.exists(path)):
         raise InputError(f"--input {shown}: no such file")
     if spec.kind == "manifest":
-        columns = _manifest_columns(fs, path, spec.uri)
-        if url_column not in columns:
-            raise InputError(
-                f"--input {shown}: manifest has no column {url_column!r} (columns: {', '.join(columns)}); "
-                f"name the column of image URLs with --url-column"
-            )
-        missing = [c for c in keep_columns if c not in columns]
-        if missing:
-            raise InputError(
-                f"--input {shown}: manifest has no column {', '.join(map(repr, missing))} of --keep-columns "
-                f"(columns: {', '.join(columns)})"
-            )
+        check_manifest(fs, path, spec.uri, url_column, keep_columns)
 
 
 def _lists_anything(fs, path: str, attempts: int) -> bool:
@@ -116,14 +103,3 @@ def _lists_anything(fs, path: str, attempts: int) -> bool:
         return bool(with_retries(lambda: fs.ls(path), attempts=attempts))
     except FileNotFoundError:
         return False
-
-
-def _manifest_columns(fs, path: str, uri: str) -> list[str]:
-    if uri.lower().endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        with fs.open(path, "rb") as f:
-            return list(pq.read_schema(f).names)
-    with fs.open(path, "rb") as f:
-        header = f.readline(1 << 20).decode("utf-8-sig", errors="replace")  # spreadsheets write a BOM
-    return [c.strip() for c in next(csv.reader(io.StringIO(header)), [])]

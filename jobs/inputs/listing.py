@@ -85,10 +85,29 @@ def list_prefix(prefix_uri: str, storage: StorageConfig) -> Iterator[dict]:
 
 
 def split_prefix(spec: InputSpec, storage: StorageConfig) -> tuple[list[dict], list[str]]:
-    """Direct sources at the top of a prefix, and the sub-prefixes to list in parallel."""
-    fs, path = storage.fs(spec.uri)
+    """Direct sources at the top of a prefix, and the sub-prefixes to list in parallel.
+
+    An input that lists nothing now (it held files when checked) is one ``empty_input`` row; a local
+    folder that cannot be listed any more (removed, permissions changed) one ``unreadable`` row.
+    """
     if spec.kind in ("file", "tar"):
         return [source_row(spec.uri, source_kind(spec.uri))], []
+    try:
+        rows, subdirs = _split_listing(spec, storage)
+    except (FileNotFoundError, NotADirectoryError):
+        rows, subdirs = [], []
+    except OSError as exc:
+        if not is_local_fs(storage.fs(spec.uri)[0]):
+            raise  # a store error after retries: the run stops and says so
+        return [source_row(spec.uri, "row", "unreadable", f"cannot list the folder: {exc.strerror or exc}")], []
+    if not rows and not subdirs:
+        what = "the glob matches no file" if spec.kind == "glob" else "the folder or prefix holds nothing"
+        return [source_row(spec.uri, "row", "empty_input", f"{what} now (it held files when the inputs were checked)")], []
+    return rows, subdirs
+
+
+def _split_listing(spec: InputSpec, storage: StorageConfig) -> tuple[list[dict], list[str]]:
+    fs, path = storage.fs(spec.uri)
     if spec.kind == "glob":
         matches = with_retries(lambda: fs.glob(path, detail=True))
         if is_local_fs(fs):

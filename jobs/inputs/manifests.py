@@ -5,7 +5,6 @@ source rows a manifest becomes."""
 from __future__ import annotations
 
 import json
-import ipaddress
 import posixpath
 import uuid
 from typing import Iterable
@@ -13,39 +12,20 @@ from typing import Iterable
 import numpy as np
 import pyarrow as pa
 
-from img2pose_core.uris import is_url, normalise_local, redact_uri, scheme_of
+from img2pose_core.storage.netpolicy import url_refusal
+from img2pose_core.uris import is_chained_url, is_url, normalise_local, redact_uri, scheme_of
 
 from img2pose_core.storage import StorageConfig
-from .specs import SOURCE_COLUMNS, InputSpec, ManifestPolicy, source_kind, source_row
-
-
-# Cloud metadata services hand out the node's credentials: never read, whatever a manifest says.
-_METADATA_HOSTS = ("metadata.google.internal", "metadata", "instance-data", "metadata.azure.com")
+from .manifest_files import csv_convert_options, url_type_problem
+from .specs import SOURCE_COLUMNS, InputError, InputSpec, ManifestPolicy, source_kind, source_row
 
 
 # --- manifests -------------------------------------------------------------------------------------
-def _is_metadata_host(host: str) -> bool:
-    host = host.strip("[]").lower()
-    if host in _METADATA_HOSTS:
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return address.is_link_local or address == ipaddress.ip_address("fd00:ec2::254")
-
-
 def http_host_refusal(uri: str) -> str | None:
-    """Why an http(s) URL must not be fetched (a cloud metadata service), or None."""
-    from urllib.parse import urlsplit
-
-    try:
-        host = urlsplit(uri).hostname or ""
-    except ValueError:
-        return "not a valid URL"
-    if _is_metadata_host(host):
-        return f"host {host} is a cloud metadata service (it hands out the node's credentials): never read"
-    return None
+    """Why an http(s) URL must not be fetched, judged on its host as the HTTP client reads it (any
+    spelling of a cloud metadata address or name: :mod:`img2pose_core.storage.netpolicy`), or None. No
+    name is resolved here: the reader checks the resolved addresses before and when it connects."""
+    return url_refusal(uri)
 
 
 def resolve_manifest_entry(raw: object, manifest_uri: str, policy: ManifestPolicy) -> dict:
@@ -60,7 +40,7 @@ def resolve_manifest_entry(raw: object, manifest_uri: str, policy: ManifestPolic
     def refuse(uri: str, why: str) -> dict:
         return source_row(uri, "row", "not_allowed", why)
 
-    if "::" in text:
+    if is_chained_url(text):  # fsspec's syntax; the "::" of an IPv6 literal ([::1]) is no chain
         return refuse(text, "chained fsspec URLs are not accepted in manifests")
     scheme = scheme_of(text)
     if not scheme and not text.startswith("/"):
@@ -104,7 +84,6 @@ def resolve_manifest_entries(
 def manifest_dataset(spec: InputSpec, storage: StorageConfig, url_column: str, policy: ManifestPolicy, keep: list[str]):
     """The source rows of one URL manifest, read by Ray Data: the URL column resolved under ``policy``,
     the ``keep`` columns carried as one JSON text per row."""
-    import pyarrow.csv as pacsv
     import ray.data
 
     fs, path = storage.fs(spec.uri)
@@ -112,12 +91,14 @@ def manifest_dataset(spec: InputSpec, storage: StorageConfig, url_column: str, p
     if spec.uri.lower().endswith(".parquet"):
         ds = ray.data.read_parquet(path, filesystem=fs, columns=columns, partitioning=None)
     else:
-        # Every kept column as text, the URL column too: numbers or dates must not change how a cell reads.
-        convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in columns}, include_columns=columns)
-        ds = ray.data.read_csv(path, filesystem=fs, convert_options=convert)
+        # The options the check before any work used (jobs.inputs.manifest_files): every column as text.
+        ds = ray.data.read_csv(path, filesystem=fs, convert_options=csv_convert_options(columns))
     manifest_uri = spec.uri
 
     def to_sources(batch: pa.Table) -> dict:
+        problem = url_type_problem(url_column, batch.schema.field(url_column).type)
+        if problem:  # checked before any work; here only if the file was replaced since
+            raise InputError(f"--input {redact_uri(manifest_uri)}: {problem}")
         kept = None
         if keep:
             values = {c: batch[c].to_pylist() for c in keep}
