@@ -114,6 +114,12 @@ def test_every_spelling_of_a_metadata_address_is_refused_everywhere(url, rule):
     failure = _refusal(url, policy)
     assert failure.status == "not_allowed" and rule in failure.message, failure.message
     assert resolver.calls == []
+    # Given as --input: refused before the input check contacts it (nothing is connected to: the guard).
+    from img2pose_core.storage import StorageConfig
+    from jobs.inputs import InputError, validate_inputs
+
+    with pytest.raises(InputError, match=r"not allowed: .*never read"):
+        validate_inputs([url.split("?")[0].rstrip("/") + "/shard.tar"], StorageConfig(), "url")
 
 
 @pytest.mark.parametrize(

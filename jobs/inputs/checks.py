@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import fsspec
 
-from img2pose_core.uris import redact_text, redact_uri
+from img2pose_core.uris import redact_text, redact_uri, scheme_of
 
 from img2pose_core.storage import StorageConfig, with_retries
 from .manifest_files import check_manifest
@@ -30,6 +30,24 @@ def _first_file(fs: fsspec.AbstractFileSystem, path: str, attempts: int, budget:
                 return entry["name"]
         stack.extend(reversed(dirs))
     return None
+
+
+def _check_address(uri: str) -> None:
+    """An http(s) ``--input`` is held to the readers' address policy before the check below contacts it
+    (that check goes through fsspec, which the policy does not see): its host, and where it is a name,
+    every address it resolves to. A name that does not resolve is left to that check's own error."""
+    import socket
+
+    from img2pose_core.storage.netpolicy import AddressNotAllowed, AddressPolicy, host_of
+
+    if scheme_of(uri) not in ("http", "https"):
+        return
+    try:
+        AddressPolicy.from_env().addresses(*host_of(uri))
+    except AddressNotAllowed as exc:
+        raise InputError(f"--input {redact_uri(uri)}: not allowed: {exc}") from None
+    except (ValueError, socket.gaierror, OSError):
+        return
 
 
 def validate_inputs(
@@ -60,6 +78,7 @@ def validate_inputs(
                     "annotated twice; give only the outer one"
                 )
     for spec in specs:
+        _check_address(spec.uri)
         try:
             fs, path = storage.fs(spec.uri)
         except (ImportError, ValueError) as exc:
