@@ -1,6 +1,8 @@
 """The GPU path, proved and measured in one short run (``benchmarks/gpu_check.sh`` calls this).
 
-Sections, each timed, each skipped with a note when the time budget (``--budget-s``) is spent:
+Sections, each timed. A predictor setting the time budget (``--budget-s``) leaves no time for is not
+measured: its row has ``images_per_s`` and the other figures null and ``skipped`` saying why, and the
+Markdown says "not measured: <why>" in their place.
 
 1. ``environment``: Python, torch, torchvision, the device, and that ``img2pose_core`` imports and runs
    with them (the device machine has its own, older torch);
@@ -41,6 +43,8 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from benchmarks.gpu_rows import FIGURES, cell, not_measured  # noqa: F401 - FIGURES: the rows' contract
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # What the check needs of ../shared/golden (carried to the device machine in .gpu_check/golden).
@@ -66,6 +70,7 @@ class Budget:
     """The time left for the whole check."""
 
     def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
         self.end = time.monotonic() + seconds
 
     def left(self) -> float:
@@ -161,7 +166,8 @@ def section_golden(bundle: str, golden: Path, device) -> list[dict]:
     return rows
 
 
-def section_predictor(bundle: str, frames, device, settings, batches, precisions, compiles, images: int, budget: Budget) -> list[dict]:
+def section_predictor(bundle: str, frames, device, settings, batches, precisions, compiles, images: int, budget: Budget,
+                      reps: int = 3) -> list[dict]:
     import torch
 
     from img2pose_core.predictor import Predictor
@@ -172,8 +178,11 @@ def section_predictor(bundle: str, frames, device, settings, batches, precisions
             for precision in precisions:
                 for bs in batches:
                     if budget.left() < 20:
-                        rows.append({"min_size": lo, "max_size": hi, "precision": precision, "batch": bs,
-                                     "compile": compile_, "skipped": "time budget spent"})  # fmt: skip
+                        rows.append(not_measured(f"time budget spent ({max(budget.left(), 0):.0f} s left of {budget.seconds:.0f} s)",
+                                                 min_size=lo, max_size=hi, precision=precision, batch=bs,
+                                                 compile=compile_))  # fmt: skip
+                        print(f"  {lo}/{hi} {precision} batch {bs} compile {compile_}: not measured: {rows[-1]['skipped']}",
+                              flush=True)  # fmt: skip
                         continue
                     n = max(images, bs)
                     batch = [frames[i % len(frames)] for i in range(n)]
@@ -192,7 +201,7 @@ def section_predictor(bundle: str, frames, device, settings, batches, precisions
                     if device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats(device)
                     times = []
-                    for _ in range(3):
+                    for _ in range(reps):  # the median of reps timed passes
                         _sync(device)
                         start = time.perf_counter()
                         p.predict(batch, batch_size=bs)
@@ -305,7 +314,7 @@ def _markdown(results: dict) -> str:
         if rows:
             keys = list(dict.fromkeys(k for r in rows for k in r))
             lines += ["", "| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
-            lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
+            lines += ["| " + " | ".join(cell(r, k) for k in keys) + " |" for r in rows]
         lines.append("")
     verdict = results["golden_ok"]
     lines.append(f"golden on the device: {'PASS' if verdict else 'FAIL' if verdict is False else 'not run'}")
@@ -334,14 +343,14 @@ def main(argv: list[str] | None = None) -> int:
     from img2pose_core.predictor import resolve_device
 
     device = resolve_device(args.device)
-    budget = Budget(args.budget_s or (240 if args.quick else 450))
+    budget = Budget(args.budget_s if args.budget_s is not None else (240 if args.quick else 450))
     if args.quick:
-        settings, batches, precisions, images = [(128, 256)], [1, 2], ["fp32", "bf16"], 2
+        settings, batches, precisions, images, reps = [(128, 256)], [1, 2], ["fp32", "bf16"], 2, 1
         compiles = ["max-autotune"]  # the fixed-size mode; on CPU no CUDA graph, the same compiler otherwise
         pipe = {"images": 8, "batch": 4, "lo": 128, "hi": 256}
     else:
         settings, batches, precisions = [(640, 1400), (400, 1400)], [1, 8, 16, 32], ["fp32", "bf16", "fp16"]
-        compiles, images = ["reduce-overhead", "max-autotune", "dynamic"], 64
+        compiles, images, reps = ["reduce-overhead", "max-autotune", "dynamic"], 64, 3
         pipe = {"images": 2000, "batch": 16, "lo": 640, "hi": 1400}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -368,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         frames = make_frames(8, golden)
 
         run("predictor", lambda: section_predictor(bundle, frames, device, settings, batches, precisions, [False],
-                                                   images, budget))  # fmt: skip
+                                                   images, budget, reps))  # fmt: skip
         run("precision", lambda: section_precision(bundle, device, *((128, 256) if args.quick else (400, 1400))))
         run("pipeline", lambda: section_pipeline(bundle, golden, device, pipe["images"], pipe["batch"], pipe["lo"],
                                                  pipe["hi"], "fp32"))  # fmt: skip
@@ -376,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
             # Last, and only at the first setting's largest batch: each compilation costs tens of seconds,
             # and what the budget leaves for it must not come out of the other sections.
             run("compiled", lambda: section_predictor(bundle, frames, device, settings[:1], batches[-1:], precisions,
-                                                      compiles, images, budget))  # fmt: skip
+                                                      compiles, images, budget, reps))  # fmt: skip
     results["wall_s"] = round(time.perf_counter() - started, 1)
     (out / "gpu_check.json").write_text(json.dumps(results, indent=2, default=str))
     md = _markdown(results)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -66,3 +69,66 @@ def bundle_05(golden_checkpoint, golden_dir, tmp_path_factory) -> Path:
     ])  # fmt: skip
     assert rc == 0
     return out
+
+
+# --- the temp folder -----------------------------------------------------------------------------------
+# The suite's processes (this one, the jobs it starts, the test Ray cluster's workers) get a temp folder
+# of their own, with the model caches beside it; at the end what is still in it is reported and all of it
+# removed. pytest's own folders (tmp_path, tmp_path_factory) stay where they are: see
+# tmp_path_retention_policy in pyproject.toml.
+# Names the project's code gives its temp files and folders (jobs/, img2pose_core/, benchmarks/, tests/):
+# one of them left behind is a leak, not something Ray or a library keeps.
+PROJECT_TEMP_NAMES = re.compile(r"^(\.?img2pose-|skipbench-|relsec-|bad-\d+$)")
+_left_in_temp: list[tuple[str, int]] = []
+
+
+def _size(path: Path) -> int:
+    if path.is_symlink() or not path.is_dir():
+        return path.lstat().st_size
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+@pytest.fixture(scope="session", autouse=True)
+def suite_temp_folder(tmp_path_factory) -> Path:
+    """``$TMPDIR`` (and ``tempfile.gettempdir()``) of the whole session: a folder of its own, so that
+    what the suite leaves there is known to be the suite's (nothing of other processes on the machine),
+    and removed at the end. ``IMG2POSE_CACHE`` (bundles shipped to Ray workers) and torch's compile cache
+    go beside it instead of ``~/.cache/img2pose`` and ``/tmp/torchinductor_$USER``."""
+    tmp_path_factory.getbasetemp()  # pytest's base folder is chosen before $TMPDIR changes
+    root = Path(tempfile.mkdtemp(prefix="i2pt-"))  # short: Ray's sockets live under $TMPDIR/ray/session_*/
+    tmp, cache, inductor = root / "tmp", root / "cache", root / "inductor"
+    for folder in (tmp, cache, inductor):
+        folder.mkdir()
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TMPDIR", str(tmp))
+    mp.setattr(tempfile, "tempdir", str(tmp))
+    mp.setenv("IMG2POSE_CACHE", str(cache))
+    mp.setenv("TORCHINDUCTOR_CACHE_DIR", str(inductor))
+    try:
+        yield tmp
+    finally:
+        mp.undo()
+        # pymp-*: multiprocessing's folder of this very process, which removes it at exit.
+        _left_in_temp.extend((e.name, _size(e)) for e in sorted(tmp.iterdir()) if not e.name.startswith("pymp-"))
+        _left_in_temp.extend((f"({folder.name})", _size(folder)) for folder in (cache, inductor) if any(folder.iterdir()))
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """What the suite's processes left in their temp folder (removed since): the project's own files
+    there are leaks to fix (a run killed with SIGKILL cannot remove its console log, img2pose-run-*.log)."""
+    if not _left_in_temp:
+        return
+    ours = [(n, s) for n, s in _left_in_temp if PROJECT_TEMP_NAMES.match(n)]
+    terminalreporter.section("left in the temp folder, and the caches in brackets (all removed at the end of the session)")
+    for name, size in _left_in_temp:
+        mark = "  <- the project's" if (name, size) in ours else ""
+        terminalreporter.write_line(f"{size / 2**20:10.1f} MiB  {name}{mark}")
+    terminalreporter.write_line(f"{len(ours)} of the project's own, {sum(s for _, s in _left_in_temp) / 2**20:.1f} MiB in all")

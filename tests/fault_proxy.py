@@ -15,6 +15,11 @@ to the first request whose ``"METHOD /path?query"`` matches the regex (fault: ``
 
 ``refuse_writes_after=N`` forwards the first N writes (PUT/POST) and answers every later one with
 ``refuse_status`` (403 AccessDenied by default): an output store that starts refusing writes mid-run.
+Which writes count and which are refused can be chosen by object, with regexes on ``"METHOD /path?query"``:
+``refuse_counting`` (the writes counted towards N; default every write) and ``refuse_writes_to`` (the writes
+refused once N have gone through; default every write). E.g. N=2, counting ``^PUT /b/out/images/``,
+refusing ``^(PUT|POST) /b/out/(faces|images)/``: exactly two images files are committed, then every data
+write is refused, however many lease renewals or log uploads (``runs/``) a slow machine made meanwhile.
 Everything injected is counted in :attr:`FaultProxy.counts`. All of it is plain ``http.server`` and
 ``http.client`` on 127.0.0.1; :meth:`FaultProxy.configure` changes the plan while it runs.
 """
@@ -59,6 +64,8 @@ class FaultPlan:
     latency_s: tuple[float, float] = (0.01, 0.1)
     refuse_writes_after: int | None = None
     refuse_status: int = 403
+    refuse_counting: str | None = None
+    refuse_writes_to: str | None = None
     forced: tuple[tuple[str, str], ...] = ()
 
 
@@ -145,7 +152,10 @@ class FaultProxy:
             delay = rng.uniform(*plan.latency_s) if rng.random() < plan.latency_share else 0.0
             if delay:
                 self._counts["delayed"] += 1
-            if method in _WRITES and plan.refuse_writes_after is not None:
+            request = f"{method} {path}"
+            counted = method in _WRITES and (plan.refuse_counting is None or re.search(plan.refuse_counting, request))
+            refusable = method in _WRITES and (plan.refuse_writes_to is None or re.search(plan.refuse_writes_to, request))
+            if refusable and plan.refuse_writes_after is not None:
                 if self._writes_forwarded >= plan.refuse_writes_after:
                     self._counts["refused write"] += 1
                     return "refuse", delay
@@ -168,7 +178,7 @@ class FaultProxy:
                 self._counts[fault] += 1
             if fault in (None, "truncated"):
                 self._counts["forwarded"] += 1
-                if method in _WRITES:
+                if counted:
                     self._writes_forwarded += 1
             return fault, delay
 

@@ -14,10 +14,22 @@ from conftest import ROOT, needs_golden
 pytestmark = [needs_golden]
 
 
+def _measured_or_not(row: dict) -> bool:
+    """A predictor row either has its figure, or has none and says why: True when it was measured."""
+    if row.get("skipped") is not None:
+        assert isinstance(row["skipped"], str) and row["skipped"], row
+        assert row["images_per_s"] is None and row["ms_per_image"] is None and row["vs_eager"] is None, row
+        return False
+    assert row["images_per_s"] > 0 and row["ms_per_image"] > 0, row
+    return True
+
+
 def test_gpu_check_runs_every_section_on_cpu(golden_dir, tmp_path):
+    # A budget no machine spends: every setting is measured, however slow the machine (the rows of a
+    # spent budget are checked by test_a_setting_the_budget_leaves_no_time_for_is_reported_not_measured).
     env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=sys.executable, IMG2POSE_GOLDEN=str(golden_dir))
-    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--device", "cpu", "--quick"],
-                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--device", "cpu", "--quick", "--budget-s", "86400"],
+                          env=env, capture_output=True, text=True, timeout=800)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     sections = results["sections"]
@@ -25,7 +37,8 @@ def test_gpu_check_runs_every_section_on_cpu(golden_dir, tmp_path):
     assert not [name for name, s in sections.items() if "error" in s], sections
     assert results["golden_ok"] is True and len(sections["golden"]["result"]) == 4
     rows = sections["predictor"]["result"] + sections["compiled"]["result"]
-    assert all(r["images_per_s"] > 0 for r in rows) and {r["compile"] for r in rows} == {False, "max-autotune"}
+    assert all(_measured_or_not(r) for r in rows), [r for r in rows if r.get("skipped")]
+    assert {r["compile"] for r in rows} == {False, "max-autotune"}
     # The fixed-size compiled graph gives the eager model's faces (on CPU: the same compiler as on GPU,
     # without the CUDA graph).
     for row in sections["compiled"]["result"]:
@@ -35,6 +48,32 @@ def test_gpu_check_runs_every_section_on_cpu(golden_dir, tmp_path):
     assert len({r["faces"] for r in sections["pipeline"]["result"]}) == 1, "both decoders must give the same faces"
     md = (tmp_path / "out" / "gpu_check.md").read_text()
     assert "golden on the device: PASS" in md and md in proc.stdout
+    assert "not measured" not in md
+
+
+def test_a_setting_the_budget_leaves_no_time_for_is_reported_not_measured():
+    """A spent budget: each predictor row has no figure (null, not absent), says why, and the Markdown
+    prints "not measured: <why>" where the figure would be; a measured row beside it keeps its figure."""
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    from benchmarks.gpu_check import Budget, _markdown, section_predictor
+
+    rows = section_predictor("no bundle is opened", [], torch.device("cpu"), [(128, 256)], [1, 2], ["fp32"],
+                             [False, "max-autotune"], 2, Budget(0))  # fmt: skip
+    assert len(rows) == 4 and not any(_measured_or_not(r) for r in rows)
+    assert all(r["skipped"].startswith("time budget spent") for r in rows)
+    assert {(r["batch"], r["compile"]) for r in rows} == {(1, False), (2, False), (1, "max-autotune"), (2, "max-autotune")}
+    measured = {"min_size": 128, "max_size": 256, "precision": "fp32", "batch": 4, "compile": False, "images": 4,
+                "images_per_s": 12.5, "ms_per_image": 80.0, "warmup_s": 1.0, "vs_eager": None, "peak_gpu_mib": None}
+    assert _measured_or_not(measured)
+    results = {"sections": {"predictor": {"result": [measured, *rows], "seconds": 0.0}}, "golden_ok": None, "wall_s": 1.0}
+    json.loads(json.dumps(results))  # as gpu_check.json holds it
+    table = [line for line in _markdown(results).splitlines() if line.startswith("| ") and "| --- |" not in line]
+    header, cells = table[0].split(" | "), [line.split(" | ") for line in table[1:]]
+    col = header.index("images_per_s")
+    assert cells[0][col] == "12.5"
+    assert all(c[col].startswith("not measured: time budget spent") for c in cells[1:]), table
 
 
 def test_gpu_check_prepares_what_travels(golden_dir, tmp_path):

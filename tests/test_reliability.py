@@ -250,21 +250,31 @@ def _corpus(golden_dir: Path, folder: Path, n: int, seed: int) -> set[str]:
 
 
 def test_output_store_refusing_writes_fails_clearly_and_a_rerun_repairs(ray_head, s3_server, golden_bundle, golden_dir, tmp_path):  # noqa: F811
-    """The store accepts 6 writes (the probe, then parts), then answers 403 to every write."""
-    inputs = _corpus(golden_dir, tmp_path / "corpus", 24, 2000)
+    """The store takes the run's first 2 images files, then answers 403 to every faces or images file.
+
+    What is refused is chosen by object: the write probe, the lease renewals and the log uploads
+    (``runs/``) go through, so however many of them a slow machine makes, exactly 2 images files are
+    committed before the run fails. 12 pictures and a broken file, 2 rows a file: 7 files to commit.
+    """
+    inputs = _corpus(golden_dir, tmp_path / "corpus", 12, 2000)
     _bucket(s3_server, "refusing", {})
     env = dict(ray_head.env, IMG2POSE_CACHE=str(tmp_path / "cache"))
     fs = _s3fs(s3_server)
-    with FaultProxy(s3_server, refuse_writes_after=6) as proxy:
+    data_writes = r"^(PUT|POST) /refusing/out/(faces|images)/"
+    with FaultProxy(s3_server, refuse_writes_after=2, refuse_counting=r"^PUT /refusing/out/images/refused/",
+                    refuse_writes_to=data_writes) as proxy:  # fmt: skip
         base = [
             "--input", str(tmp_path / "corpus"), "--output", "s3://refusing/out", "--s3-endpoint-url", proxy.url,
-            "--bundle", str(golden_bundle), *SMALL, "--sources-per-task", "4", "--rows-per-file", "4", "--batch-size", "4",
+            "--bundle", str(golden_bundle), *SMALL, "--sources-per-task", "2", "--rows-per-file", "2", "--batch-size", "2",
+            "--concurrency", "1,1",  # one model actor: a second one only adds its start to each run
         ]  # fmt: skip
+        started = time.monotonic()
         first = _job([*base, "--run-id", "refused"], env)
+        first_s = time.monotonic() - started
         refused = proxy.counts.get("refused write", 0)
         assert first.returncode == 1, (first.returncode, first.stderr[-3000:])
         message = first.stderr.strip().splitlines()[-1]
-        assert message.startswith("annotate.py: error: run refused failed: PermissionError: Access Denied. "), message
+        assert message.startswith("annotate.py: error: run refused failed: PermissionError: Access Denied. "), first.stderr[-3000:]
         assert "--skip-existing" in message, message
         assert refused >= 1
         images_before = fs.find("refusing/out/images/refused")
@@ -272,11 +282,14 @@ def test_output_store_refusing_writes_fails_clearly_and_a_rerun_repairs(ray_head
         # The failed run removed its own faces files whose images file was refused.
         orphans = {p.split("/")[-1] for p in faces_before} - {p.split("/")[-1] for p in images_before}
         assert not orphans, orphans
-        assert 0 < len(images_before) < len(inputs) / 4, "the run should fail part-way"
+        assert len(images_before) == 2, "the run should commit its first 2 files, then fail"
         assert not fs.exists("refusing/out/runs/refused.json")
+        assert fs.exists("refusing/out/runs/refused.failed.json")
 
         proxy.configure(refuse_writes_after=None)  # the store is healthy again
+        started = time.monotonic()
         second = _job([*base, "--run-id", "repaired", "--skip-existing"], env)
+        second_s = time.monotonic() - started
     assert second.returncode == 0, second.stderr[-3000:]
     faces, images = _read_tables("refusing/out", fs)
     latest = _check_exactly_once(faces, images, inputs)
@@ -284,9 +297,11 @@ def test_output_store_refusing_writes_fails_clearly_and_a_rerun_repairs(ray_head
     manifest = json.loads(fs.cat_file("refusing/out/runs/repaired.json"))
     ok_before = sum(1 for s, r in zip(images["status"].to_pylist(), images["run_id"].to_pylist()) if r == "refused" and s == "ok")
     assert manifest["counts"]["skipped"] == ok_before > 0
+    assert ok_before <= 4 and manifest["counts"]["images"] == len(inputs) - ok_before  # the rest, once each
     assert manifest["counts"]["orphans_removed"] == 0
     print(f"\nrefused writes: {refused} refused, {len(images_before)} parts committed before the failure "
-          f"({ok_before} ok images); the failed run left no faces file without its images file")
+          f"({ok_before} ok images); the failed run left no faces file without its images file; "
+          f"runs {first_s:.1f} s and {second_s:.1f} s")
 
 
 def test_failure_message_names_the_error():
