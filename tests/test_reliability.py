@@ -304,6 +304,40 @@ def test_output_store_refusing_writes_fails_clearly_and_a_rerun_repairs(ray_head
           f"runs {first_s:.1f} s and {second_s:.1f} s")
 
 
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 96 KiB tmpfs: room for the output probe, the lease and a few parts, then ENOSPC. Needs the right
+    to mount (root, as in CI); skipped, saying so, without it."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mount)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({made.stderr.strip() or made.returncode}): needs root")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_is_named_in_the_last_line_the_log_and_the_record(ray_head, golden_bundle, golden_dir, small_disk, tmp_path):  # noqa: F811
+    """Output on a disk that fills mid-run: exit 1, and "No space left on device" (not Ray's wrapper) in the
+    console's last line and in the failure record, where the record fits once the run removed its own
+    unfinished files."""
+    inputs = _corpus(golden_dir, tmp_path / "corpus", 24, 3100)
+    env = dict(ray_head.env, IMG2POSE_CACHE=str(tmp_path / "cache"))
+    out = small_disk / "out"
+    proc = _job(["--input", str(tmp_path / "corpus"), "--output", str(out), "--bundle", str(golden_bundle), *SMALL,
+                 "--rows-per-file", "1", "--flush-interval", "0", "--concurrency", "1,1", "--run-id", "full"], env)  # fmt: skip
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-3000:])
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("annotate.py: error: run full failed: the disk is full (") and "No space left on device" in last, last
+    assert "UserCodeException" not in last and "SystemException" not in last
+    record = out / "runs" / "full.failed.json"
+    if record.exists():  # written only if the space freed by the cleanup holds it
+        assert "No space left on device" in json.loads(record.read_text())["error"]
+    assert len(inputs) == 25
+
+
 def test_failure_message_names_the_error():
     """Ray 2.60 appends two lines to every error raised in a map or write task (ray/data/_internal/util.py,
     _annotate_exception_with_retry_context); the job's one-line message must still say what failed."""
