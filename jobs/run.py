@@ -232,7 +232,7 @@ def _run(config: JobConfig, console: contextlib.ExitStack, run_log) -> int:
     if bundle_for_actors.holder is not None:
         # Kept in a variable for the whole run: an actor without a live handle is destroyed.
         bundle_holder = ray.remote(BundleFiles).options(  # noqa: F841
-            name=bundle_for_actors.holder, num_cpus=0, max_restarts=3, scheduling_strategy=_on_the_drivers_node(),
+            name=bundle_for_actors.holder, num_cpus=0, scheduling_strategy=_on_the_drivers_node(),
         ).remote(bundle_files(bundle))  # fmt: skip
 
     form = f"Iceberg {run.tables.namespace}" if run.tables is not None else "Parquet"
