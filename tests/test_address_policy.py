@@ -10,7 +10,6 @@ to 169.254.169.254 fails the test instead of reaching the network.
 
 from __future__ import annotations
 
-import errno
 import http.server
 import ipaddress
 import socket
@@ -20,6 +19,7 @@ from collections.abc import Iterator
 import pytest
 
 from hostile_hosts import ImageServer
+from network_guard import off_machine  # noqa: F401 - autouse: no test here leaves the machine
 from img2pose_core.storage import StorageConfig
 from img2pose_core.storage.netpolicy import ENV_BLOCK_PRIVATE, AddressPolicy, parse_host, url_refusal
 from img2pose_core.storage.reads import ReadFailure, ReadLimits, read_source
@@ -27,26 +27,6 @@ from img2pose_core.uris import chain_links, is_chained_url, redact_uri
 from jobs.inputs import ManifestPolicy, resolve_manifest_entry
 
 BODY = b"\xff\xd8\xff" + b"picture bytes" * 10
-
-
-@pytest.fixture(autouse=True)
-def off_machine(monkeypatch) -> Iterator[list]:
-    """Refuse, and record, every TCP connection to an address that is not loopback."""
-    attempts: list = []
-    real_connect = socket.socket.connect
-
-    def connect(sock: socket.socket, address) -> None:
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            ip = ipaddress.ip_address(str(address[0]).split("%")[0])
-            mapped = getattr(ip, "ipv4_mapped", None)
-            if not (ip.is_loopback or (mapped is not None and mapped.is_loopback)):
-                attempts.append(address)
-                raise OSError(errno.ENETUNREACH, f"test guard: {address[0]} is off this machine")
-        real_connect(sock, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    yield attempts
-    assert not attempts, f"a connection off this machine was attempted: {attempts}"
 
 
 class Resolver:

@@ -10,46 +10,23 @@ that it ended with the right status well under a generous ceiling.
 
 from __future__ import annotations
 
-import errno
 import io
-import ipaddress
 import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from hostile_hosts import ImageServer
+from network_guard import off_machine  # noqa: F401 - autouse: no test here leaves the machine
 from img2pose_core.predictor import ImageFaces, Predictor
 from img2pose_core.storage import StorageConfig
 from img2pose_core.storage.reads import ReadFailure, ReadLimits, read_source
 
 CEILING_S = 60.0  # far above any budget here: only a read without a bound comes near it
-
-
-@pytest.fixture(autouse=True)
-def off_machine(monkeypatch) -> Iterator[list]:
-    """Refuse, and record, every TCP connection to an address that is not loopback (a regression that
-    would reach for 169.254.169.254 fails here instead of sending a packet)."""
-    attempts: list = []
-    real_connect = socket.socket.connect
-
-    def connect(sock: socket.socket, address) -> None:
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            ip = ipaddress.ip_address(str(address[0]).split("%")[0])
-            mapped = getattr(ip, "ipv4_mapped", None)
-            if not (ip.is_loopback or (mapped is not None and mapped.is_loopback)):
-                attempts.append(address)
-                raise OSError(errno.ENETUNREACH, f"test guard: {address[0]} is off this machine")
-        real_connect(sock, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    yield attempts
-    assert not attempts, f"a connection off this machine was attempted: {attempts}"
 
 
 @pytest.fixture(scope="module")
