@@ -25,6 +25,7 @@ __all__ = [
     "add_model_flags",
     "finite_number",
     "model_flag_error",
+    "non_negative_int",
     "positive_int",
     "resolve_model_flags",
     "threshold",
@@ -32,15 +33,24 @@ __all__ = [
 
 
 # --- argparse types ---------------------------------------------------------------------------------
-def positive_int(text: str) -> int:
-    """An argparse type: an integer of at least 1."""
+def _int_at_least(text: str, minimum: int, expected: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: 0 or a positive integer."""
+    return _int_at_least(text, 0, "0 or a positive integer")
 
 
 def finite_number(unit: str, zero_allowed: bool = False) -> Callable[[str], float]:

@@ -5,18 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..flags import non_negative_int
+
 __all__ = ["register", "run_report"]
-
-
-def _count(text: str) -> int:
-    """An argparse type: 0 or a positive integer."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {value}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,8 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("output", metavar="OUTPUT", help="the job's --output: a folder or an fsspec URL (s3://...)")
     p.add_argument("--out", default="report.html", help="the HTML file to write (default report.html)")
     p.add_argument("--run-id", default=None, help="only this run (default: all runs, the latest state of each image)")
-    p.add_argument("--crops", type=_count, default=24, help="aligned crops to show (default 24; 0 for none)")
-    p.add_argument("--renders", type=_count, default=6, help="images to draw with their faces (default 6; 0 for none)")
+    p.add_argument("--crops", type=non_negative_int, default=24, help="aligned crops to show (default 24; 0 for none)")
+    p.add_argument("--renders", type=non_negative_int, default=6, help="images to draw with their faces (default 6; 0 for none)")
     p.add_argument("--seed", default="0", help="changes which crops and images the samples pick (default 0)")
     p.add_argument("--s3-endpoint-url", default=None, help="S3-compatible endpoint for s3:// URLs (default $AWS_ENDPOINT_URL)")
     p.add_argument("--catalog", default=None, metavar="URI", help="the job's --catalog, for Iceberg tables (default: plain Parquet under OUTPUT)")
