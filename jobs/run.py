@@ -303,9 +303,8 @@ def _fail(run: _Run, exc: BaseException, elapsed: float) -> None:
     """The run failed part-way (or was interrupted): record it with its arguments and what was written,
     remove this run's own half-written files, and raise a JobError whose message names the cause."""
     from .errors import failure_cause, stopped_by, worker_deaths
-    from .sink import remove_orphans
+    from .sink import merge_write_results, remove_orphans
     from .summary import redacted_arguments
-    from .writer import merge_write_results
 
     stopped = stopped_by(exc)
     if stopped is not None:

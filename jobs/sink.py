@@ -36,7 +36,7 @@ from img2pose_core.uris import join_uri
 
 
 __all__ = [
-    "AnnotationSink", "TableFolders", "remove_orphans", "part_name", "explode_faces", "images_table", "is_part_file",
+    "AnnotationSink", "TableFolders", "merge_write_results", "remove_orphans", "part_name", "explode_faces", "images_table", "is_part_file",
 ]  # fmt: skip
 
 EXAMPLES = 5  # names of each counted kind kept in the run manifest
@@ -176,14 +176,34 @@ class AnnotationSink:
 
     def finish(self, write_returns: list[dict]) -> dict:
         """The run's totals from its write tasks' results (kept in ``self.totals``)."""
-        from .writer import merge_write_results
-
-        self.totals = merge_write_results(write_returns, EXAMPLES)
+        self.totals = merge_write_results(write_returns)
         return self.totals
 
 
 def _empty_result() -> dict:
     return {"statuses": {}, "faces": 0, "files": 0, "skipped": 0, "ignored": {}, "faces_files": [], "images_files": []}
+
+
+def merge_write_results(write_returns: list[dict]) -> dict:
+    """The totals of write tasks' results (:meth:`AnnotationSink.write`): a whole run's, or a failed
+    run's so far."""
+    totals = _empty_result()
+    statuses: Counter = Counter()
+    for r in write_returns:
+        if not r:
+            continue
+        statuses.update(r["statuses"])
+        totals["faces"] += r["faces"]
+        totals["files"] += r["files"]
+        totals["skipped"] += r["skipped"]
+        totals["faces_files"] += r.get("faces_files", [])
+        totals["images_files"] += r.get("images_files", [])
+        for reason, entry in r.get("ignored", {}).items():
+            merged = totals["ignored"].setdefault(reason, {"count": 0, "examples": []})
+            merged["count"] += entry["count"]
+            merged["examples"] = sorted(merged["examples"] + entry["examples"])[:EXAMPLES]
+    totals["statuses"] = dict(statuses)
+    return totals
 
 
 def is_part_file(relative: str) -> bool:

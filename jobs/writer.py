@@ -19,12 +19,11 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["FlushPolicy", "write_streaming", "merge_write_results"]
+__all__ = ["FlushPolicy", "write_streaming"]
 
 _END = object()
 
@@ -204,25 +203,3 @@ def _settle(in_flight: list, results: list[dict], on_written: Callable[[dict], N
                 on_written(result)
     except BaseException:  # noqa: BLE001 - never mask the failure being raised
         pass
-
-
-def merge_write_results(write_returns: list[dict], examples: int = 5) -> dict:
-    """The run's totals from its write tasks' results (:meth:`jobs.sink.AnnotationSink.write`)."""
-    totals: dict = {"statuses": {}, "faces": 0, "files": 0, "skipped": 0, "ignored": {}, "faces_files": [],
-                    "images_files": []}  # fmt: skip
-    statuses: Counter = Counter()
-    for r in write_returns:
-        if not r:
-            continue
-        statuses.update(r["statuses"])
-        totals["faces"] += r["faces"]
-        totals["files"] += r["files"]
-        totals["skipped"] += r["skipped"]
-        totals["faces_files"] += r.get("faces_files", [])
-        totals["images_files"] += r.get("images_files", [])
-        for reason, entry in r.get("ignored", {}).items():
-            merged = totals["ignored"].setdefault(reason, {"count": 0, "examples": []})
-            merged["count"] += entry["count"]
-            merged["examples"] = sorted(merged["examples"] + entry["examples"])[:examples]
-    totals["statuses"] = dict(statuses)
-    return totals
